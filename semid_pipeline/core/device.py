@@ -1,0 +1,45 @@
+"""Device and determinism helpers shared by every training step."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when a GPU is visible, else CPU; ``cpu``/``cuda``/``cuda:N`` are taken as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r} was requested but torch sees no CUDA device")
+    return dev
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seeds python, numpy and torch; returns a CPU generator seeded the same way."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+def configure_threads(num_threads: int | None = None) -> int:
+    """Uses ``num_threads`` (or ``SEMID_NUM_THREADS``, or every core) for torch's intra-op pool."""
+    n = num_threads or int(os.environ.get("SEMID_NUM_THREADS", "0")) or os.cpu_count() or 1
+    torch.set_num_threads(n)
+    return n
+
+
+def autocast_dtype(device: torch.device, mixed_precision: bool) -> torch.dtype | None:
+    """bf16 autocast on CUDA when asked for; CPU training stays in float32."""
+    if mixed_precision and device.type == "cuda":
+        return torch.bfloat16
+    return None

@@ -1,0 +1,1 @@
+"""recommender (pure core)."""

@@ -1,0 +1,1 @@
+"""tokenizers (pure core)."""

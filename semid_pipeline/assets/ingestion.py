@@ -1,0 +1,28 @@
+"""Stage 1, ingestion: raw items and interactions of a dataset partition, as the source gives them."""
+
+from dagster import AssetExecutionContext, AssetOut, Output, multi_asset
+
+from semid_pipeline.core.data.schema import validate_raw
+from semid_pipeline.partitions import dataset_partitions
+from semid_pipeline.resources import DatasetsResource
+
+
+@multi_asset(
+    outs={
+        "raw_items": AssetOut(io_manager_key="table_io", description="Items as the source gives them (one row per item)."),
+        "raw_interactions": AssetOut(io_manager_key="table_io", description="User-item interactions with timestamps."),
+    },
+    partitions_def=dataset_partitions,
+    group_name="ingestion",
+)
+def raw_dataset(context: AssetExecutionContext, datasets: DatasetsResource):
+    dataset = context.partition_key
+    raw = datasets.load(dataset)
+    validate_raw(raw, source=dataset)
+    context.log.info(f"{dataset}: {len(raw.items):,} items, {len(raw.interactions):,} interactions loaded")
+    yield Output(raw.items, "raw_items", metadata={"n_items": len(raw.items)})
+    yield Output(
+        raw.interactions,
+        "raw_interactions",
+        metadata={"n_interactions": len(raw.interactions), "n_users": int(raw.interactions["user_id"].nunique())},
+    )

@@ -1,0 +1,57 @@
+"""Stage 3: hierarchical item tags by retrieve-then-classify (HiD-VAE section 3.4)."""
+
+from typing import Optional
+
+import pandas as pd
+from dagster import AssetExecutionContext, AssetIn, AssetOut, Config, Output, multi_asset
+
+from semid_pipeline.core.enrich.tags import TagParams, TagPool, make_classifier, tag_items
+from semid_pipeline.core.io_utils import read_any_table
+from semid_pipeline.metadata import md_table
+from semid_pipeline.partitions import dataset_partitions
+from semid_pipeline.resources import LLMResource, StorageResource, TextEncoderResource
+
+
+class TagConfig(Config, TagParams):
+    """Retrieve-then-classify settings (``TagParams``).
+
+    ``tag_pool_path``: a Parquet/CSV file with columns ``level, name, parent`` supplying the tag pool
+    (for datasets without category paths); by default the pool is the dataset's own category paths.
+    """
+
+    tag_pool_path: Optional[str] = None
+
+
+@multi_asset(
+    ins={"items": AssetIn()},
+    outs={
+        "tag_pool": AssetOut(io_manager_key="table_io", description="Candidate tags per hierarchy level."),
+        "item_tags": AssetOut(io_manager_key="table_io", description="Per-item tag path, generated and true, with candidates."),
+    },
+    partitions_def=dataset_partitions,
+    group_name="tags",
+)
+def hierarchical_tags(
+    context: AssetExecutionContext,
+    config: TagConfig,
+    items: pd.DataFrame,
+    text_encoder: TextEncoderResource,
+    llm: LLMResource,
+    storage: StorageResource,
+):
+    params = TagParams(**{k: getattr(config, k) for k in TagParams.model_fields})
+    if config.tag_pool_path:
+        pool = TagPool.from_table(read_any_table(config.tag_pool_path), source=config.tag_pool_path)
+    else:
+        pool = TagPool.from_paths(items["category_path"].tolist(), depth=params.depth)
+    client = llm.get_client(cache_path=storage.cache_path("llm_cache")) if params.classifier == "llm" else None
+    table, stats = tag_items(items, pool, text_encoder.get(), params, make_classifier(params, client), progress=context.log.info)
+    metadata = {k: v for k, v in stats.items() if isinstance(v, (int, float, str))}
+    accuracy = stats.get("accuracy") or []
+    if accuracy:
+        metadata["generated_vs_true_accuracy"] = md_table(pd.DataFrame({"level": range(1, len(accuracy) + 1), "accuracy": accuracy}))
+        metadata.update({f"accuracy_level_{i}": float(a) for i, a in enumerate(accuracy, start=1)})
+    metadata["tag_source_counts"] = {str(k): int(v) for k, v in table["tag_source"].value_counts().items()}
+    pool_frame = pool.to_frame()
+    yield Output(pool_frame, "tag_pool", metadata={"tags_per_level": {str(k): int(v) for k, v in pool_frame["level"].value_counts().sort_index().items()}})
+    yield Output(table, "item_tags", metadata=metadata)

@@ -1,0 +1,54 @@
+"""The Dagster code location: ``dagster dev -m semid_pipeline.definitions`` (or workspace.yaml)."""
+
+import os
+
+from dagster import Definitions, in_process_executor, load_assets_from_modules
+
+from semid_pipeline.assets import (
+    baselines,
+    captions,
+    embeddings,
+    evaluation,
+    ingestion,
+    preprocessing,
+    recommender,
+    semantic_ids,
+    tags,
+    tokenizer,
+)
+from semid_pipeline.io_managers import ModelIOManager, ParquetIOManager
+from semid_pipeline.jobs import full_pipeline_job, retokenize_job, retokenize_schedule
+from semid_pipeline.paths import default_data_dir, default_shared_dir
+from semid_pipeline.resources import DatasetsResource, LLMResource, StorageResource, TextEncoderResource
+
+ASSET_MODULES = [ingestion, preprocessing, tags, captions, embeddings, tokenizer, semantic_ids, recommender, baselines, evaluation]
+
+
+def build_resources(data_dir: str | None = None, datasets_options_json: str | None = None) -> dict:
+    """Resources for one environment; everything defaults to offline, local files."""
+    storage = StorageResource(data_dir=data_dir or default_data_dir())
+    return {
+        "storage": storage,
+        "table_io": ParquetIOManager(storage=storage),
+        "model_io": ModelIOManager(storage=storage),
+        "datasets": DatasetsResource(
+            shared_dir=default_shared_dir(),
+            options_json=datasets_options_json or os.environ.get("SEMID_DATASET_OPTIONS", "{}"),
+        ),
+        "text_encoder": TextEncoderResource(model=os.environ.get("SEMID_TEXT_ENCODER", "default")),
+        "llm": LLMResource(
+            base_url=os.environ.get("SEMID_LLM_BASE_URL", "http://127.0.0.1:8080/v1"),
+            model=os.environ.get("SEMID_LLM_MODEL", "local"),
+        ),
+    }
+
+
+all_assets = load_assets_from_modules(ASSET_MODULES)
+
+defs = Definitions(
+    assets=all_assets,
+    jobs=[full_pipeline_job, retokenize_job],
+    schedules=[retokenize_schedule],
+    resources=build_resources(),
+    executor=in_process_executor,
+)

@@ -1,0 +1,63 @@
+"""IO managers: tables to Parquet (+ DuckDB views), models to safetensors + JSON.
+
+Both write atomically, so a failed re-materialization leaves the previous output in place.
+"""
+
+from typing import Any
+
+import pandas as pd
+from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext
+
+from semid_pipeline.core import storage as tables
+from semid_pipeline.core.artifacts import Artifact, load_artifact, save_artifact
+from semid_pipeline.resources import StorageResource
+
+
+def _partition(context: InputContext | OutputContext) -> str:
+    if context.has_asset_partitions:
+        keys = list(context.asset_partition_keys)
+        if len(keys) != 1:
+            raise ValueError(f"{context.asset_key.to_user_string()}: expected one dataset partition, got {keys}")
+        return keys[0]
+    return "default"
+
+
+class ParquetIOManager(ConfigurableIOManager):
+    """Stores each (table asset, dataset) as ``<data_dir>/tables/<asset>/dataset=<key>/part.parquet``."""
+
+    storage: StorageResource
+
+    def handle_output(self, context: OutputContext, obj: pd.DataFrame) -> None:
+        if obj is None:
+            return
+        name = context.asset_key.path[-1]
+        path = tables.write_table(self.storage.data_dir, name, _partition(context), obj)
+        context.add_output_metadata(
+            {
+                "path": MetadataValue.path(str(path)),
+                "rows": len(obj),
+                "columns": ", ".join(map(str, obj.columns)),
+                "duckdb_view": f"select * from {name} where dataset = '{_partition(context)}'",
+            }
+        )
+
+    def load_input(self, context: InputContext) -> pd.DataFrame:
+        return tables.read_table(self.storage.data_dir, context.asset_key.path[-1], _partition(context))
+
+
+class ModelIOManager(ConfigurableIOManager):
+    """Stores each (model asset, dataset) as safetensors + JSON under ``<data_dir>/models``."""
+
+    storage: StorageResource
+
+    def handle_output(self, context: OutputContext, obj: Artifact) -> None:
+        if obj is None:
+            return
+        directory = tables.model_dir(self.storage.data_dir, context.asset_key.path[-1], _partition(context))
+        extra: dict[str, Any] = {"run_id": context.run_id, "asset": context.asset_key.to_user_string()}
+        save_artifact(obj, directory, extra=extra)
+        n_params = sum(int(t.numel()) for t in obj.artifact_tensors().values())
+        context.add_output_metadata({"path": MetadataValue.path(str(directory)), "kind": obj.KIND, "n_tensor_values": n_params})
+
+    def load_input(self, context: InputContext) -> Artifact:
+        return load_artifact(tables.model_dir(self.storage.data_dir, context.asset_key.path[-1], _partition(context)))

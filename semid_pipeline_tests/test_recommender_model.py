@@ -7,7 +7,13 @@ import torch.nn.functional as F
 
 from semid_pipeline.core.artifacts import load_artifact, save_artifact
 from semid_pipeline.core.recommender.beam import constrained_beam_search
-from semid_pipeline.core.recommender.data import IGNORE_LABEL, SIDBatch, build_inference_rows, build_training_rows
+from semid_pipeline.core.recommender.data import (
+    IGNORE_LABEL,
+    LengthBucketSampler,
+    SIDBatch,
+    build_inference_rows,
+    build_training_rows,
+)
 from semid_pipeline.core.recommender.model import GenerativeRecommender, RecommenderParams
 from semid_pipeline.core.recommender.train import recommend
 from semid_pipeline.core.recommender.trie import SIDTrie
@@ -61,6 +67,18 @@ def test_rows_cover_every_target_once_and_bound_long_users():
     # a per_prefix row holds the target's window [t - H, t)
     row = b_prefix.enc_item[per_prefix.n_rows - 1]
     assert sorted(set(row[row >= 0].tolist())) == list(range(0, 6))
+
+
+def test_length_bucket_sampler_is_seeded_and_complete():
+    lengths = np.random.default_rng(0).integers(1, 50, 1000)
+    sampler = LengthBucketSampler(lengths, batch_size=32, seed=3, pool_batches=4)
+    epoch = sampler.epoch(1)
+    assert len(epoch) == len(sampler) and max(len(b) for b in epoch) == 32
+    assert np.array_equal(np.sort(np.concatenate(epoch)), np.arange(1000))
+    assert all(np.array_equal(a, b) for a, b in zip(epoch, LengthBucketSampler(lengths, 32, seed=3, pool_batches=4).epoch(1)))
+    assert not all(np.array_equal(a, b) for a, b in zip(epoch, sampler.epoch(2)))
+    spread = np.mean([np.ptp(lengths[b]) for b in epoch])
+    assert spread < 0.25 * np.ptp(lengths)  # batches hold rows of similar length
 
 
 def test_per_user_loss_equals_per_prefix_losses():

@@ -18,8 +18,12 @@ def item_captions(
 ) -> Output:
     """One row per item: the caption, or why there is none (``no_image``, ``skipped_backend_none``, errors)."""
     params = CaptionParams(**{k: getattr(config, k) for k in CaptionParams.model_fields})
-    client = llm.get_client(cache_path=storage.cache_path("llm_cache")) if params.backend == "openai" else None
-    captions, stats = caption_items(items, params, client=client, progress=context.log.info)
+    client = llm.get_client(cache_path=storage.cache_path("llm_cache_captions")) if params.backend == "openai" else None
+    try:
+        captions, stats = caption_items(items, params, client=client, progress=context.log.info)
+    finally:
+        if client is not None:
+            client.close()
     counts = {str(k): int(v) for k, v in captions["status"].value_counts().items()}
     context.log.info(f"captions: {counts}")
     return Output(captions, metadata={"backend": params.backend, "status_counts": counts, **{k: v for k, v in stats.items() if isinstance(v, (int, float))}})

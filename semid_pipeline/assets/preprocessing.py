@@ -23,7 +23,7 @@ class PreprocessConfig(Config, PreprocessParams):
 )
 def prepared_dataset(context: AssetExecutionContext, config: PreprocessConfig, raw_items, raw_interactions):
     params = PreprocessParams(**config.model_dump())
-    prepared = build_tables(RawDataset(raw_items, raw_interactions), params)
+    prepared = build_tables(RawDataset(raw_items, raw_interactions), params, source=f"dataset {context.partition_key!r}")
     seqs = prepared.user_sequences
     stats = {
         "n_users": len(seqs),

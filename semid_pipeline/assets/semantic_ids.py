@@ -8,7 +8,7 @@ import torch
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetExecutionContext, Config, Output, asset
 
 from semid_pipeline.assets.tokenizer import embedding_matrix
-from semid_pipeline.core.tokenizers.collisions import append_dedup_token, codebook_stats, collision_rate, sid_strings
+from semid_pipeline.core.tokenizers.collisions import append_dedup_token, codebook_stats, collided_mask, collision_rate, sid_strings
 from semid_pipeline.metadata import bar_plots, md_table
 from semid_pipeline.partitions import dataset_partitions
 
@@ -34,14 +34,10 @@ class SemanticIdConfig(Config):
 def semantic_ids(context: AssetExecutionContext, config: SemanticIdConfig, sid_tokenizer, item_text_embeddings: pd.DataFrame):
     """Each item's codes from the frozen tokenizer, plus the appended token that makes SIDs unique."""
     x = embedding_matrix(item_text_embeddings)
-    with torch.no_grad():
-        codes = np.concatenate(
-            [sid_tokenizer.encode(torch.from_numpy(x[i : i + config.batch_size])).cpu().numpy() for i in range(0, len(x), config.batch_size)]
-        ).astype(np.int64)
+    codes = sid_tokenizer.encode(torch.from_numpy(x), batch_size=config.batch_size).numpy().astype(np.int64)
     rate_before = collision_rate(codes)
     sids, dedup = append_dedup_token(codes)
-    _, inverse, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
-    collided = counts[inverse.reshape(-1)] > 1
+    collided = collided_mask(codes)
     df = pd.DataFrame(
         {
             "item_idx": np.arange(len(codes), dtype=np.int64),

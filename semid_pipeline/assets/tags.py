@@ -44,8 +44,12 @@ def hierarchical_tags(
         pool = TagPool.from_table(read_any_table(config.tag_pool_path), source=config.tag_pool_path)
     else:
         pool = TagPool.from_paths(items["category_path"].tolist(), depth=params.depth)
-    client = llm.get_client(cache_path=storage.cache_path("llm_cache")) if params.classifier == "llm" else None
-    table, stats = tag_items(items, pool, text_encoder.get(), params, make_classifier(params, client), progress=context.log.info)
+    client = llm.get_client(cache_path=storage.cache_path("llm_cache_tags")) if params.classifier == "llm" else None
+    try:
+        table, stats = tag_items(items, pool, text_encoder.get(), params, make_classifier(params, client), progress=context.log.info)
+    finally:
+        if client is not None:
+            client.close()
     metadata = {k: v for k, v in stats.items() if isinstance(v, (int, float, str))}
     accuracy = stats.get("accuracy") or []
     if accuracy:

@@ -28,7 +28,7 @@ def sid_tokenizer(context: AssetExecutionContext, config: TokenizerConfig, item_
     last = result.history[-1] if result.history else {}
     scalar = {k: float(v) for k, v in last.items() if isinstance(v, (int, float))}
     hist = pd.DataFrame([{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in result.history])
-    loss_keys = [c for c in hist.columns if "loss" in c or c in ("recon", "codebook", "commitment")]
+    loss_keys = [c for c in ("total", "recon", "codebook", "commitment", "extra") if c in hist.columns]
     metadata = {
         **{f"final_{k}": v for k, v in scalar.items()},
         "n_items": int(x.shape[0]),

@@ -252,7 +252,9 @@ def train_recommender(
         }
         stop = out_of_time or epoch == tp.epochs
         if epoch % tp.eval_every_epochs == 0 or stop:
-            ranked, _ = recommend(model, trie, eval_histories, user_ids[eval_users], tp.eval_beam_size, EVAL_K, tp.eval_batch_size)
+            ranked, _ = recommend(
+                model, trie, eval_histories, user_ids[eval_users], tp.eval_beam_size, EVAL_K, tp.eval_batch_size, progress
+            )
             recall = float(recall_at_k(ranked, eval_targets, EVAL_K).mean())
             ndcg = float(ndcg_at_k(ranked, eval_targets, EVAL_K).mean())
             record.update({"valid_recall@10": recall, "valid_ndcg@10": ndcg})

@@ -91,10 +91,6 @@ class SIDTrie:
     def memory_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.children) + self.leaf_item.numel() * 8
 
-    @property
-    def device(self) -> torch.device:
-        return self.leaf_item.device
-
     def to(self, device: torch.device | str) -> "SIDTrie":
         return SIDTrie([t.to(device) for t in self.children], self.leaf_item.to(device), self.level_sizes, self.sids)
 

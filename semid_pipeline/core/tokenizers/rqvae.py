@@ -48,8 +48,15 @@ class RQVAEParams(BaseModel):
 
     Architecture and loss defaults follow TIGER (hidden 512-256-128, latent 32, 3 levels x 256
     codes, beta 0.25). TIGER trains for 20k epochs with Adagrad on GPU; here AdamW at 1e-3 with
-    batch 1024 and k-means initialisation converges in far fewer passes: ``epochs = 100`` brings
-    the reconstruction loss to its plateau on a 12k-item catalogue in about a minute on a 2-core CPU.
+    batch 1024, k-means initialisation and dead-code restarts converges in far fewer passes. On a
+    12k x 384 catalogue (12 steps per epoch) the reconstruction loss, codebook use and collision
+    rate plateau after 30-40 epochs; ``epochs = 50`` leaves margin and takes ~35 s on an idle
+    2-core CPU (~80 s when the cores are shared). Larger catalogues take more steps per epoch and
+    need proportionally fewer epochs.
+
+    ``dead_code_window`` is counted in steps, i.e. in assignments (window x batch_size): 20 steps
+    of 1024 items is ~1.7 epochs on Beauty, about 80 expected hits per code at level 0, so a code
+    with none is genuinely unused rather than unlucky.
     """
 
     hidden_dims: list[int] = Field(default=[512, 256, 128], description="Encoder hidden layer widths (the decoder mirrors them).")
@@ -67,7 +74,7 @@ class RQVAEParams(BaseModel):
     lr: float = Field(default=1e-3, gt=0.0, description="AdamW learning rate.")
     weight_decay: float = Field(default=0.0, ge=0.0, description="AdamW weight decay for encoder/decoder weights (never applied to codebooks).")
     batch_size: int = Field(default=1024, ge=1, description="Items per optimisation step.")
-    epochs: int = Field(default=100, ge=1, description="Passes over the catalogue (100 = about a minute for 12k items on 2 CPU cores).")
+    epochs: int = Field(default=50, ge=1, description="Passes over the catalogue (50: converged on 12k items, ~35 s on 2 idle CPU cores).")
     kmeans_init: bool = Field(default=True, description="Initialise each level's codebook by k-means on the residuals of the encoded catalogue before the first step.")
     kmeans_iters: int = Field(default=25, ge=1, description="Lloyd iterations of the k-means initialisation.")
     dead_code_restart: bool = Field(default=True, description="Reset codewords that no item used during the last window to random current residuals.")
@@ -379,8 +386,10 @@ def train_rqvae(
     each epoch shuffle the items with a seeded CPU generator and take AdamW steps on
     :meth:`RQVAE.loss` ``(+ extra_loss)``. Every ``dead_code_window`` steps, codes that no item in
     the window selected are restarted (:func:`_reset_dead_codes`). Same seed + same data gives
-    bitwise-identical models and codes on CPU; on CUDA, atomics in the backward pass make runs
-    agree only approximately.
+    bitwise-identical models and codes on CPU for the same torch thread count (float reductions
+    are split per thread, so changing ``torch.set_num_threads`` / ``SEMID_NUM_THREADS`` changes
+    the last bits and possibly a few codes); on CUDA, atomics in the backward pass make runs agree
+    only approximately.
 
     ``extra_loss(model, batch_idx, x, out) -> (loss, logs)`` is added to the objective:
     ``batch_idx`` are the rows of ``embeddings`` in the batch (int64, on the training device, to

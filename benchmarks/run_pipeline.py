@@ -126,7 +126,7 @@ def markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="demo")
-    parser.add_argument("--config", help="JSON run config (Dagster 'ops' layout) for the assets")
+    parser.add_argument("--config", help="YAML/JSON run config (Dagster 'ops' layout) for the assets, e.g. configs/demo.yaml")
     parser.add_argument("--name", help="result file stem (default: <dataset>-<device>)")
     parser.add_argument("--data-dir", help="where to materialize (default: a fresh folder under benchmarks/results/data)")
     parser.add_argument("--select", default="*", help="asset selection (default: everything)")
@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     import torch
+    import yaml
     from dagster import AssetSelection, DagsterInstance, materialize
 
     from semid_pipeline.core import storage
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
     out_dir = REPO / "benchmarks" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     data_dir = Path(args.data_dir) if args.data_dir else out_dir / "data" / name
-    run_config = json.loads(Path(args.config).read_text()) if args.config else {}
+    run_config = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
     resources = build_resources(data_dir=str(data_dir), datasets_options_json=json.dumps({args.dataset: json.loads(args.dataset_options)}))
     instance = DagsterInstance.ephemeral()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")

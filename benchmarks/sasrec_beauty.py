@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import time
 from pathlib import Path
@@ -40,7 +41,8 @@ def _field_type(annotation):
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", default=str(ROOT.parent / "shared" / "datasets" / "amazon-beauty"), help="Beauty data folder.")
+    shared = Path(os.environ.get("SEMID_SHARED_DIR", ROOT.parent / "shared"))
+    parser.add_argument("--root", default=str(shared / "datasets" / "amazon-beauty"), help="Beauty data folder (P5 format).")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sasrec_beauty.json"), help="JSON result path.")
     for name, field in SASRecParams.model_fields.items():
         parser.add_argument(f"--{name}", type=_field_type(field.annotation), default=None, help=field.description)

@@ -8,5 +8,5 @@ export DAGSTER_HOME=${DAGSTER_HOME:-$PWD/.dagster_home}
 mkdir -p "$DAGSTER_HOME"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 start=$(date +%s)
-dagster asset materialize -m semid_pipeline.definitions --select "*" --partition demo
+dagster asset materialize -m semid_pipeline.definitions --select "*" --partition demo --config configs/demo.yaml
 echo "demo materialized in $(( $(date +%s) - start ))s; query it: python -m semid_pipeline.query \"select * from evaluation\""

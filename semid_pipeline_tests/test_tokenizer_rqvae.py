@@ -193,7 +193,11 @@ def test_same_seed_identical_across_processes():
     """A fresh process reproduces the run bitwise: nothing may depend on process state such as memory
     addresses (torch's CPU advanced-indexing backward did, hence ``F.embedding`` in ``RQVAE.quantize``)."""
     root = Path(__file__).resolve().parents[1]
-    script = "from semid_pipeline_tests.test_tokenizer_rqvae import _train_fingerprint; print(_train_fingerprint())"
+    # float reductions are split per thread, so both processes must use the same thread count
+    script = (
+        f"import torch; torch.set_num_threads({torch.get_num_threads()}); "
+        "from semid_pipeline_tests.test_tokenizer_rqvae import _train_fingerprint; print(_train_fingerprint())"
+    )
     other = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=True, timeout=60)
     assert other.stdout.strip() == _train_fingerprint()
 

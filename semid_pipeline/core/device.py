@@ -38,8 +38,15 @@ def configure_threads(num_threads: int | None = None) -> int:
     return n
 
 
-def autocast_dtype(device: torch.device, mixed_precision: bool) -> torch.dtype | None:
-    """bf16 autocast on CUDA when asked for; CPU training stays in float32."""
-    if mixed_precision and device.type == "cuda":
+def autocast_dtype(device: torch.device, mixed_precision: bool | str) -> torch.dtype | None:
+    """The autocast dtype for a precision setting.
+
+    ``True``/``"auto"``: bf16 on CUDA, float32 on CPU. ``"bf16"``: bf16 on any device (worth it on
+    CPUs with AMX or AVX512-BF16, where it runs about 1.5x faster; older CPUs emulate it slowly).
+    ``False``/``"off"``: float32 everywhere.
+    """
+    if mixed_precision is True or mixed_precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if mixed_precision == "bf16":
         return torch.bfloat16
     return None

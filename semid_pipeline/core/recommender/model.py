@@ -77,6 +77,11 @@ class RecommenderParams(BaseModel):
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on embeddings, attention probabilities and every residual branch.")
     max_history_items: int = Field(20, ge=1, description="History items the model sees per prediction (the most recent ones).")
     n_user_buckets: int = Field(2000, ge=1, description="User ids are hashed into this many user tokens (TIGER: 2000).")
+    tie_embeddings: bool = Field(
+        True,
+        description="Share the token embedding with the output head (as T5, which TIGER uses). A code seen in the "
+        "history is then directly scorable as output, which makes the model learn from far fewer steps.",
+    )
     encoder_mask: Literal["causal_items", "bidirectional"] = Field(
         "causal_items",
         description="causal_items: a history item's tokens attend to the user token and earlier items (required by "
@@ -243,6 +248,8 @@ class GenerativeRecommender(nn.Module, Artifact):
         self.decoder_norm = nn.LayerNorm(p.d_model)
         self.head = nn.Linear(p.d_model, vocab.vocab_size, bias=False)
         self.apply(self._init_weights)
+        if p.tie_embeddings:
+            self.head.weight = self.embed.tokens.weight
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -353,10 +360,16 @@ class GenerativeRecommender(nn.Module, Artifact):
         return {"params": self.params.model_dump(), "vocab": self.vocab.to_dict()}
 
     def artifact_tensors(self) -> Dict[str, torch.Tensor]:
-        return dict(self.state_dict())
+        tensors = dict(self.state_dict())
+        if self.params.tie_embeddings:  # safetensors stores each tensor once; the tie is rebuilt on load
+            tensors.pop("head.weight")
+        return tensors
 
     @classmethod
     def from_artifact(cls, config: Dict[str, Any], tensors: Dict[str, torch.Tensor]) -> "GenerativeRecommender":
         model = cls(RecommenderParams(**config["params"]), SIDVocab.from_dict(config["vocab"]))
+        tensors = dict(tensors)
+        if model.params.tie_embeddings:
+            tensors["head.weight"] = tensors["embed.tokens.weight"]
         model.load_state_dict(tensors, strict=True)
         return model.eval()

@@ -59,7 +59,9 @@ class TrainParams(BaseModel):
     eval_max_users: Optional[int] = Field(
         None, ge=1, description="Validate on a fixed seeded sample of this many users (None: all users); speeds up CPU runs."
     )
-    mixed_precision: bool = Field(True, description="bf16 autocast on CUDA (CPU always trains in float32).")
+    mixed_precision: Literal["auto", "bf16", "off"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, float32 on CPU; bf16: also on CPU (fast with AMX); off: float32."
+    )
     max_train_minutes: Optional[float] = Field(None, gt=0, description="Wall-clock budget; training stops (after a final validation) when spent.")
     seed: int = Field(0, description="Seeds initialisation, dropout and batch order.")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")

@@ -1,0 +1,302 @@
+"""Constrained beam search vs Hugging Face ``generate`` + ``prefix_allowed_tokens_fn``, in one run.
+
+Both decoders run on the same TIGER-size model (d_model 128, 4 + 4 layers, 6 heads x 64, d_ff
+1024), the same SID trie and the same users, on one device:
+
+* ours: ``constrained_beam_search`` (batched over users and beams, trie tables gathered on device);
+* Hugging Face: ``HFRecommender.generate(num_beams, prefix_allowed_tokens_fn)`` with its KV cache
+  (``core/recommender/hf_adapter.py``), at our batch size and at every ``--hf-batch-sizes`` entry;
+  the best of them is reported as well.
+
+Each timing covers every user once (encoder + decoding + item lookup, batches of users sorted by
+history length, results copied back to the host), after one warm-up batch. Agreement compares our
+top-``k`` lists with Hugging Face's at our batch size: ``exact`` (same items in the same order) and
+``up_to_ties`` (per-rank scores within ``--tie-tol`` and every item that differs is tied within
+``--tie-tol`` with the item the other list has at that rank).
+
+Inputs, by default synthetic but Beauty-sized: 12,101 items with 3 levels of 256 codes drawn with
+a Zipf-like prefix structure plus TIGER's appended de-duplication level, histories of 1..20 items
+(geometric lengths, mean ~6, Zipf item popularity), and a randomly initialised model whose weights
+are drawn with ``--init-std`` (large enough that next-token distributions are peaked, as in a
+trained model, so that top-10 lists rarely tie). ``--dataset NAME`` reads the SIDs (and, when
+materialized, the validation histories) from ``<data-dir>/tables/``; ``--model-dir`` loads a trained
+``generative_recommender`` artifact (e.g. ``data/models/generative_recommender/dataset=NAME``) and
+needs ``--dataset``.
+
+    python benchmarks/beam_search.py                      # CPU: 512 users, all cores for both
+    python benchmarks/beam_search.py --device cuda --users 8192
+    python benchmarks/beam_search.py --dataset amazon-beauty --model-dir data/models/generative_recommender/dataset=amazon-beauty
+
+Writes ``benchmarks/results/beam_search-<device>.json`` (or ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from semid_pipeline.core.artifacts import load_artifact  # noqa: E402
+from semid_pipeline.core.device import configure_threads, resolve_device  # noqa: E402
+from semid_pipeline.core.recommender.beam import constrained_beam_search  # noqa: E402
+from semid_pipeline.core.recommender.data import PackedRows, build_inference_rows, sorted_batches  # noqa: E402
+from semid_pipeline.core.recommender.hf_adapter import HFRecommender, TriePrefixAllowedTokens, hf_beam_search  # noqa: E402
+from semid_pipeline.core.recommender.model import GenerativeRecommender, RecommenderParams  # noqa: E402
+from semid_pipeline.core.recommender.trie import SIDTrie  # noqa: E402
+from semid_pipeline.core.recommender.vocab import SIDVocab  # noqa: E402
+from semid_pipeline.core.storage import read_table, table_path  # noqa: E402
+from semid_pipeline.core.tokenizers.collisions import append_dedup_token  # noqa: E402
+
+SearchFn = Callable[[object], Tuple[torch.Tensor, torch.Tensor]]
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
+    p.add_argument("--users", type=int, default=None, help="Users decoded by each method (default: 512 on CPU, 8192 on CUDA).")
+    p.add_argument("--batch-size", type=int, default=256, help="Users per batch of our beam search (and of the matching HF run).")
+    p.add_argument("--hf-batch-sizes", default=None, help="Comma-separated extra HF batch sizes to time (default: 32,64,128 on CPU; 64,512,1024 on CUDA).")
+    p.add_argument("--beam-size", type=int, default=20)
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--items", type=int, default=12_101, help="Synthetic catalogue size (Amazon Beauty 5-core: 12,101).")
+    p.add_argument("--codebook-size", type=int, default=256, help="Synthetic codes per level.")
+    p.add_argument("--levels", type=int, default=3, help="Synthetic code levels (a de-duplication level is appended).")
+    p.add_argument("--zipf", type=float, default=0.7, help="Zipf exponent of code usage per level (synthetic SIDs).")
+    p.add_argument("--init-std", type=float, default=0.2, help="Std of the random model's weights (ignored with --model-dir).")
+    p.add_argument("--dataset", default=None, help="Read SIDs (and histories, if materialized) of this dataset partition.")
+    p.add_argument("--data-dir", default=str(REPO / "data"), help="Pipeline data directory (with --dataset).")
+    p.add_argument("--model-dir", default=None, help="Saved generative_recommender artifact to benchmark (needs --dataset).")
+    p.add_argument("--num-threads", type=int, default=None, help="torch threads, used by both methods (default: SEMID_NUM_THREADS or all cores).")
+    p.add_argument("--tie-tol", type=float, default=1e-4, help="Scores closer than this count as tied.")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/beam_search-<device>.json).")
+    return p.parse_args()
+
+
+# ------------------------------------------------------------------------------------------ inputs
+def zipf_sids(n_items: int, codebook_size: int, levels: int, exponent: float, seed: int) -> np.ndarray:
+    """``(N, levels + 1)`` unique SIDs with a skewed prefix tree, plus TIGER's de-duplication level.
+
+    Every level's code is a Zipf(``exponent``)-distributed rank, mapped to a code by a bijection
+    that depends on the item's prefix (``code = (rank * a + b) mod K`` with ``a`` odd, ``a, b``
+    hashed from the prefix), so every prefix has its own few popular children, as in RQ-VAE codes.
+    """
+    rng = np.random.default_rng(seed)
+    if codebook_size & (codebook_size - 1):
+        raise ValueError(f"--codebook-size must be a power of two (odd multipliers are then bijections), got {codebook_size}")
+    weights = 1.0 / np.arange(1, codebook_size + 1) ** exponent
+    codes = np.zeros((n_items, levels), dtype=np.int64)
+    prefix = np.zeros(n_items, dtype=np.int64)  # integer id of each item's prefix
+    for level in range(levels):
+        rank = rng.choice(codebook_size, size=n_items, p=weights / weights.sum())
+        mix = (prefix * 0x9E3779B1 + level * 0x85EBCA77 + seed) % (2**31 - 1)
+        a, b = (mix % codebook_size) | 1, (mix // codebook_size) % codebook_size
+        codes[:, level] = (rank * a + b) % codebook_size
+        prefix = prefix * codebook_size + codes[:, level]
+    return append_dedup_token(codes)[0]
+
+
+def synthetic_histories(n_users: int, n_items: int, seed: int) -> List[np.ndarray]:
+    """Beauty-like histories: 1..20 items (geometric lengths, mean ~6), Zipf(1) item popularity."""
+    rng = np.random.default_rng([seed, 1])
+    lengths = np.minimum(rng.geometric(1 / 6, n_users), 20)
+    popularity = 1.0 / np.arange(1, n_items + 1)
+    items = rng.permutation(n_items)[rng.choice(n_items, size=int(lengths.sum()), p=popularity / popularity.sum())]
+    return np.split(items, np.cumsum(lengths)[:-1])
+
+
+def dataset_inputs(data_dir: str, dataset: str, n_users: int, seed: int) -> Tuple[np.ndarray, Optional[List[np.ndarray]], Optional[np.ndarray]]:
+    """SIDs of ``dataset`` and, when ``user_sequences`` is materialized, ``n_users`` sampled validation histories + user ids."""
+    sem = read_table(data_dir, "semantic_ids", dataset).sort_values("item_idx")
+    sids = np.stack(sem["sid"].to_numpy()).astype(np.int64)
+    if not table_path(data_dir, "user_sequences", dataset).exists():
+        return sids, None, None
+    seqs = read_table(data_dir, "user_sequences", dataset)
+    pick = np.sort(np.random.default_rng(seed).choice(len(seqs), min(n_users, len(seqs)), replace=False))
+    histories = [np.asarray(seqs["train_items"].iloc[i], dtype=np.int64) for i in pick]
+    return sids, histories, seqs["user_idx"].to_numpy(np.int64)[pick]
+
+
+def random_model(vocab: SIDVocab, init_std: float, seed: int) -> GenerativeRecommender:
+    """TIGER-size model (RecommenderParams defaults) with N(0, ``init_std``) weights and unit layer norms."""
+    torch.manual_seed(seed)
+    model = GenerativeRecommender(RecommenderParams(n_user_buckets=vocab.n_user_buckets), vocab)
+    for name, param in model.named_parameters():
+        if param.ndim >= 2:
+            param.data.normal_(0.0, init_std)
+    return model.eval()
+
+
+# ------------------------------------------------------------------------------------------ timing
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_all(search: Callable, rows: PackedRows, batch_size: int, device: torch.device, top_k: int) -> Tuple[np.ndarray, np.ndarray, float]:
+    """Runs ``search(batch)`` over all rows (length-sorted batches); returns items, scores and seconds."""
+    items = np.empty((rows.n_rows, top_k), dtype=np.int64)
+    scores = np.empty((rows.n_rows, top_k), dtype=np.float32)
+    batches = sorted_batches(rows.enc_lengths, batch_size)
+    search(rows.batch(batches[-1]).to(device))  # warm-up on the longest batch
+    sync(device)
+    started = time.perf_counter()
+    for idx in batches:
+        top_items, top_scores = search(rows.batch(idx).to(device))
+        items[idx], scores[idx] = top_items.cpu().numpy(), top_scores.cpu().numpy()
+    sync(device)
+    return items, scores, time.perf_counter() - started
+
+
+def agreement(items_a: np.ndarray, scores_a: np.ndarray, items_b: np.ndarray, scores_b: np.ndarray, tol: float) -> Dict[str, float]:
+    """Share of users whose lists match exactly / up to ties, and the largest per-rank score gap."""
+    exact = (items_a == items_b).all(axis=1)
+    close = np.abs(scores_a - scores_b) <= tol  # [U, k]: same score at every rank
+    # a differing item must be tied with a neighbouring rank of its own list (or sit at the last rank,
+    # whose tie partner may be rank k + 1, outside the list)
+    def tied(s: np.ndarray) -> np.ndarray:
+        gap = np.abs(np.diff(s, axis=1)) <= tol
+        t = np.zeros_like(s, dtype=bool)
+        t[:, 1:] |= gap
+        t[:, :-1] |= gap
+        t[:, -1] = True
+        return t
+
+    swap_ok = (items_a == items_b) | (tied(scores_a) & tied(scores_b))
+    up_to_ties = close.all(axis=1) & swap_ok.all(axis=1)
+    return {
+        "exact": float(exact.mean()),
+        "up_to_ties": float(up_to_ties.mean()),
+        "max_abs_score_diff": float(np.abs(scores_a - scores_b).max()),
+    }
+
+
+# ------------------------------------------------------------------------------------------ report
+def git_commit() -> str:
+    try:
+        sha = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=REPO, text=True).strip()
+        dirty = subprocess.call(["git", "diff", "--quiet", "HEAD"], cwd=REPO) != 0
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def hardware(device: torch.device) -> Dict[str, object]:
+    info: Dict[str, object] = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+    try:
+        import transformers
+
+        info["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def main() -> None:
+    args = parse_args()
+    threads = configure_threads(args.num_threads)
+    device = resolve_device(args.device)
+    n_users = args.users or (8192 if device.type == "cuda" else 512)
+    hf_sizes = args.hf_batch_sizes or ("64,512,1024" if device.type == "cuda" else "32,64,128")
+    hf_batch_sizes = sorted({args.batch_size, *(int(s) for s in hf_sizes.split(","))})
+    if args.model_dir and not args.dataset:
+        raise SystemExit("--model-dir needs --dataset (a trained model is only meaningful with its own SIDs)")
+
+    histories, user_ids = None, None
+    if args.dataset:
+        sids, histories, user_ids = dataset_inputs(args.data_dir, args.dataset, n_users, args.seed)
+    else:
+        sids = zipf_sids(args.items, args.codebook_size, args.levels, args.zipf, args.seed)
+    if histories is None:
+        histories = synthetic_histories(n_users, len(sids), args.seed)
+        user_ids = np.arange(n_users)
+    if args.model_dir:
+        model = load_artifact(args.model_dir)
+        if not isinstance(model, GenerativeRecommender):
+            raise SystemExit(f"{args.model_dir} holds a {type(model).__name__}, not a GenerativeRecommender")
+        model = model.eval()
+    else:
+        model = random_model(SIDVocab.from_sids(sids, RecommenderParams().n_user_buckets), args.init_std, args.seed)
+    model = model.to(device)
+    vocab = model.vocab
+    trie = SIDTrie.from_sids(sids, vocab.level_sizes).to(device)
+    rows = build_inference_rows(histories, vocab.user_tokens(user_ids), vocab.item_tokens(sids), model.params.max_history_items)
+    hf_model = HFRecommender(model).eval()
+    allowed = TriePrefixAllowedTokens(trie, vocab)
+    print(f"{len(sids):,} items, level sizes {vocab.level_sizes}, {len(histories):,} users on {device} ({threads} threads)", flush=True)
+
+    def ours(batch):
+        return constrained_beam_search(model, batch, trie, args.beam_size, args.top_k)
+
+    def hf(batch):
+        return hf_beam_search(hf_model, batch, trie, allowed, args.beam_size, args.top_k)
+
+    our_items, our_scores, our_s = run_all(ours, rows, args.batch_size, device, args.top_k)
+    print(f"ours: {n_users / our_s:,.1f} users/s (batch {args.batch_size})", flush=True)
+    hf_runs: List[Dict[str, float]] = []
+    for bs in hf_batch_sizes:
+        hf_items, hf_scores, hf_s = run_all(hf, rows, bs, device, args.top_k)
+        hf_runs.append({"batch_size": bs, "seconds": hf_s, "users_per_s": n_users / hf_s})
+        print(f"hf generate: {n_users / hf_s:,.1f} users/s (batch {bs})", flush=True)
+        if bs == args.batch_size:
+            agree = agreement(our_items, our_scores, hf_items, hf_scores, args.tie_tol)
+    hf_same = next(r for r in hf_runs if r["batch_size"] == args.batch_size)
+    hf_best = max(hf_runs, key=lambda r: r["users_per_s"])
+    ours_ups = n_users / our_s
+    result = {
+        "benchmark": "constrained beam search vs HF generate + prefix_allowed_tokens_fn",
+        "ours": {"batch_size": args.batch_size, "seconds": our_s, "users_per_s": ours_ups},
+        "hf_generate": {"same_batch": hf_same, "best": hf_best, "sweep": hf_runs},
+        "speedup": {"vs_hf_same_batch": ours_ups / hf_same["users_per_s"], "vs_hf_best_batch": ours_ups / hf_best["users_per_s"]},
+        "agreement_top_k": agree,
+        "settings": {
+            "users": n_users,
+            "beam_size": args.beam_size,
+            "top_k": args.top_k,
+            "threads": threads,
+            "threads_note": "both methods run with the same torch thread count" if device.type == "cpu" else None,
+            "hf_use_cache": True,
+            "tie_tol": args.tie_tol,
+            "items": len(sids),
+            "level_sizes": list(vocab.level_sizes),
+            "max_dedup": int(sids[:, -1].max()),
+            "trie_nodes_per_level": [int(t.shape[0]) for t in trie.children],
+            "history_length_mean": float(np.mean([len(h) for h in histories])),
+            "model": args.model_dir or f"random TIGER-size, init_std={args.init_std}",
+            "model_params": model.params.model_dump(),
+            "dataset": args.dataset or f"synthetic (zipf={args.zipf}, seed={args.seed})",
+        },
+        "hardware": hardware(device),
+        "git_commit": git_commit(),
+    }
+    out = Path(args.out or REPO / "benchmarks" / "results" / f"beam_search-{device.type}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: result[k] for k in ("ours", "speedup", "agreement_top_k")}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

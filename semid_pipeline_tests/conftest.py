@@ -22,6 +22,7 @@ TINY_RUN_CONFIG = {
             }
         },
         "generative_recommendations": {"config": {"beam_size": 10, "top_k": 10, "batch_size": 128}},
+        "sasrec_model": {"config": {"hidden": 16, "n_layers": 1, "epochs": 3, "max_len": 20, "batch_size": 64}},
     }
 }
 

@@ -70,7 +70,7 @@ def test_recommendations_are_valid_items_and_scored(demo_run):
     assert (recs.groupby(["split", "user_idx"])["rank"].count() == 10).all()
     ev = storage.read_table(data_dir, "evaluation", "demo")
     got = ev[(ev["split"] == "test")].set_index(["model", "metric", "k"])["value"]
-    for model in ("generative", "most_popular"):
+    for model in ("generative", "most_popular", "sasrec"):
         for metric in ("recall", "ndcg"):
             for k in (5, 10):
                 assert 0.0 <= got[(model, metric, k)] <= 1.0

@@ -40,9 +40,10 @@ def evaluation(
     semantic_ids: pd.DataFrame,
     generative_recommendations: pd.DataFrame,
     popularity_recommendations: pd.DataFrame,
+    sasrec_recommendations: pd.DataFrame,
 ) -> Output:
     """Recall/NDCG@k on validation and test for every model, and the SIDs' collision rate and codebook use."""
-    recs = pd.concat([generative_recommendations, popularity_recommendations], ignore_index=True)
+    recs = pd.concat([generative_recommendations, popularity_recommendations, sasrec_recommendations], ignore_index=True)
     metrics = score_lists(recs, user_sequences, config.ks)
     codes = np.stack(semantic_ids.sort_values("item_idx")["codes"].to_numpy())
     sids = np.stack(semantic_ids.sort_values("item_idx")["sid"].to_numpy())

@@ -84,7 +84,6 @@ class HFRecommender(PreTrainedModel, GenerationMixin):
 
     config_class = RecommenderHFConfig
     base_model_prefix = "recommender"
-    main_input_name = "input_ids"
 
     def __init__(self, recommender: GenerativeRecommender):
         vocab = recommender.vocab
@@ -195,7 +194,9 @@ def hf_beam_search(
     Same contract as :func:`~semid_pipeline.core.recommender.beam.constrained_beam_search`:
     ``batch`` holds encoder inputs on the model's device, ``trie`` is on that device, and the result
     is ``(items int64 [B, top_k], scores float32 [B, top_k])`` by descending score (sum of the SID's
-    full-vocabulary log-probabilities). Needs ``beam_size >= top_k`` and at least ``top_k`` items.
+    full-vocabulary log-probabilities). Needs ``beam_size >= top_k`` and at least ``top_k`` items
+    (with fewer, ``generate`` would fill the list with repeated or off-trie beams, not ``-1``).
+    The vocabulary has no EOS, so every beam runs exactly ``max_new_tokens = D`` steps.
     """
     if beam_size < top_k:
         raise ValueError(f"beam_size ({beam_size}) must be >= top_k ({top_k})")

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, Field
 from torch import nn
 
+from semid_pipeline.core.training import BestCheckpoint, epoch_message
 from semid_pipeline.core.artifacts import Artifact, register_artifact
 from semid_pipeline.core.device import autocast_dtype, configure_threads, resolve_device, seed_everything
 from semid_pipeline.core.metrics import ndcg_at_k, recall_at_k
@@ -412,9 +413,7 @@ def train_sasrec(
 
     other = "recall@10" if p.select_metric == "ndcg@10" else "ndcg@10"
     history: List[Dict[str, Any]] = []
-    best: Tuple[float, float] = (-1.0, -1.0)
-    best_state: Dict[str, torch.Tensor] = {}
-    best_epoch, stale = 0, 0
+    checkpoint = BestCheckpoint(p.patience)
     next_report = time.monotonic() + report.every_s
     for epoch in range(1, p.epochs + 1):
         model.train()
@@ -456,23 +455,13 @@ def train_sasrec(
             }
             record.update({f"valid_{name}": value for name, value in metrics.items()})
             key = (metrics[p.select_metric], metrics[other])
-            if key > best:
-                best, best_epoch, stale = key, epoch, 0
-                best_state = {name: t.detach().to("cpu", copy=True) for name, t in model.state_dict().items()}
-            else:
-                stale += 1
-                stop = stop or stale >= p.patience
+            stop = checkpoint.update(model, key, epoch) or stop
         record["seconds"] = time.monotonic() - epoch_start
         history.append(record)
-        report(
-            f"sasrec epoch {epoch}: loss {mean_loss:.4f}, {record['samples_per_s']:.0f} samples/s"
-            + (f", valid recall@10 {record['valid_recall@10']:.4f} ndcg@10 {record['valid_ndcg@10']:.4f}" if "valid_ndcg@10" in record else "")
-            + f" (best epoch {best_epoch})",
-            force=True,
-        )
+        report(epoch_message("sasrec ", epoch, record, checkpoint.best_epoch), force=True)
         if stop:
             break
 
-    model.load_state_dict(best_state)
-    report(f"sasrec: done in {time.monotonic() - started:.0f} s, best epoch {best_epoch} valid {p.select_metric} {best[0]:.4f}", force=True)
-    return SASRecResult(model=model.eval(), history=history, best_epoch=best_epoch)
+    checkpoint.restore(model)
+    report(f"sasrec: done in {time.monotonic() - started:.0f} s, best epoch {checkpoint.best_epoch} valid {p.select_metric} {checkpoint.best[0]:.4f}", force=True)
+    return SASRecResult(model=model, history=history, best_epoch=checkpoint.best_epoch)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
+from semid_pipeline.core.training import BestCheckpoint, epoch_message
 from semid_pipeline.core.device import autocast_dtype, configure_threads, resolve_device, seed_everything
 from semid_pipeline.core.metrics import ndcg_at_k, recall_at_k
 from semid_pipeline.core.progress import ProgressFn, Throttle
@@ -212,9 +213,7 @@ def train_recommender(
     )
 
     history: List[Dict[str, Any]] = []
-    best: Tuple[float, float] = (-1.0, -1.0)
-    best_state: Dict[str, torch.Tensor] = {}
-    best_epoch, stale = 0, 0
+    checkpoint = BestCheckpoint(tp.patience)
     next_report = time.monotonic() + report.every_s
     for epoch in range(1, tp.epochs + 1):
         model.train()
@@ -260,23 +259,13 @@ def train_recommender(
             recall = float(recall_at_k(ranked, eval_targets, EVAL_K).mean())
             ndcg = float(ndcg_at_k(ranked, eval_targets, EVAL_K).mean())
             record.update({"valid_recall@10": recall, "valid_ndcg@10": ndcg})
-            if (recall, ndcg) > best:
-                best, best_epoch, stale = (recall, ndcg), epoch, 0
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            else:
-                stale += 1
-                stop = stop or stale >= tp.patience
+            stop = checkpoint.update(model, (recall, ndcg), epoch) or stop
         record["seconds"] = time.monotonic() - epoch_start
         history.append(record)
-        report(
-            f"epoch {epoch}: loss {mean_loss:.4f}, {record['samples_per_s']:.0f} samples/s"
-            + (f", valid recall@10 {record['valid_recall@10']:.4f} ndcg@10 {record['valid_ndcg@10']:.4f}" if "valid_recall@10" in record else "")
-            + f" (best epoch {best_epoch})",
-            force=True,
-        )
+        report(epoch_message("", epoch, record, checkpoint.best_epoch), force=True)
         if stop:
             break
 
-    model.load_state_dict(best_state)
-    report(f"recommender: done in {time.monotonic() - started:.0f} s, best epoch {best_epoch} recall@10 {best[0]:.4f}", force=True)
-    return TrainResult(model=model.eval(), history=history, best_epoch=best_epoch)
+    checkpoint.restore(model)
+    report(f"recommender: done in {time.monotonic() - started:.0f} s, best epoch {checkpoint.best_epoch} recall@10 {checkpoint.best[0]:.4f}", force=True)
+    return TrainResult(model=model, history=history, best_epoch=checkpoint.best_epoch)

@@ -66,6 +66,7 @@ from semid_pipeline.core.recommender.vocab import SIDVocab  # noqa: E402
 from semid_pipeline.core.storage import read_table, table_path  # noqa: E402
 from semid_pipeline.core.tokenizers.collisions import append_dedup_token  # noqa: E402
 
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N.")

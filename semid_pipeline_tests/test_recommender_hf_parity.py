@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from semid_pipeline.core.recommender import beam
 from semid_pipeline.core.recommender.beam import constrained_beam_search
 from semid_pipeline.core.recommender.data import build_inference_rows
 from semid_pipeline.core.recommender.hf_adapter import HFRecommender, TriePrefixAllowedTokens, hf_beam_search
@@ -63,6 +64,15 @@ def test_hf_generate_matches_constrained_beam_search(setup, use_cache):
     assert ((hf_items >= 0) & (hf_items < len(sids))).all()
     assert all(len(set(row)) == 10 for row in hf_items.tolist())
     assert (hf_scores[:, :-1] >= hf_scores[:, 1:]).all()
+
+
+def test_cpu_blocks_match_one_batch(setup, monkeypatch):
+    """CPU batches are decoded in blocks of users, each trimmed to its longest history: same lists."""
+    _, vocab, model, trie, batch = setup
+    whole = constrained_beam_search(model, batch, trie, beam_size=20, top_k=10)
+    monkeypatch.setattr(beam, "CPU_BLOCK_BYTES", 5 * 20 * vocab.vocab_size * 4)  # blocks of 5 users
+    blocked = constrained_beam_search(model, batch, trie, beam_size=20, top_k=10)
+    assert_same_up_to_ties(*whole, *blocked)
 
 
 def test_prefix_allowed_tokens_walk_the_trie(setup):

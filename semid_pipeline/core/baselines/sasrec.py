@@ -38,7 +38,6 @@ go to the other metric) is returned. Training stops after ``patience`` validatio
 improvement, after ``epochs``, or when ``max_train_minutes`` is spent.
 """
 
-from __future__ import annotations
 
 import contextlib
 import math

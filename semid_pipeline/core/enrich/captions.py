@@ -20,7 +20,6 @@ Choices made here:
 - The image is sent inline as a base64 data URL, so the model server needs no network access.
 """
 
-from __future__ import annotations
 
 import base64
 import hashlib

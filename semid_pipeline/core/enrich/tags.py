@@ -28,7 +28,6 @@ Choices made where the paper is vague:
   is re-asked once, then the top retrieved candidate is used and counted in ``stats["fallbacks"]``.
 """
 
-from __future__ import annotations
 
 import json
 import math

@@ -13,7 +13,6 @@ A *sample* in ``samples_per_s`` is one next-item target (= one per-prefix exampl
 is comparable between the ``per_user`` and ``per_prefix`` formulations.
 """
 
-from __future__ import annotations
 
 import contextlib
 import math

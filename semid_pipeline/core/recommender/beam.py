@@ -15,10 +15,12 @@ length, so no length penalty applies. With ``beam_size >= `` the number of items
 exact (equals scoring every item by teacher forcing).
 
 Blocking on CPU: users are independent, so a CPU batch is decoded in blocks of users whose largest
-tensor, the ``[users * beams, vocab]`` logits, stays under :data:`CPU_BLOCK_BYTES`. Larger tensors
-come from fresh ``mmap``s whose pages fault in at every step (about 200k minor page faults per 256
-users x 20 beams at the TIGER size) and fall out of cache; with blocks a single-threaded search of
-256-user batches ran ~35% faster (``benchmarks/beam_search.py``). GPU batches run whole.
+tensor, the ``[users * beams, vocab]`` logits, stays under :data:`CPU_BLOCK_BYTES` (each block's
+encoder input is trimmed to its longest history). Bigger tensors come from fresh ``mmap``s whose
+pages fault in at every step and fall out of cache: at the TIGER size, 256-user batches took ~3x
+fewer page faults and ran 10-30% faster with 1 or 2 threads on a 2-core Xeon. (On an oversubscribed
+machine, with more busy threads than cores, the extra parallel regions can cost more than that;
+use fewer threads there.) GPU batches run whole.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-PUBLISHED_SECTIONS = {"amazon-beauty": "Amazon Beauty"}
+PUBLISHED_SECTIONS = {"amazon-beauty": "Amazon Beauty", "amazon-sports": "Amazon Sports and Outdoors", "amazon-toys": "Amazon Toys and Games"}
 
 
 def hardware() -> dict:

@@ -83,3 +83,19 @@ def test_duckdb_views_over_every_table(demo_run):
     assert n == len(storage.read_table(data_dir, "items", "demo"))
     views = set(storage.query(data_dir, "select view_name from duckdb_views() where not internal")["view_name"])
     assert {"raw_items", "items", "user_sequences", "item_tags", "item_text_embeddings", "semantic_ids", "generative_recommendations", "evaluation"} <= views
+
+
+def test_hand_scored_sql_agrees_with_evaluation_asset(demo_run):
+    """benchmarks/rescore_topk.py re-scores the exported top-K Parquet in plain SQL (no shared code)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "rescore_topk.py"
+    spec = importlib.util.spec_from_file_location("rescore_topk", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    _, data_dir = demo_run
+    result = module.rescore(Path(data_dir), "demo", [5, 10])
+    assert {"generative", "most_popular", "sasrec"} <= {row["model"] for row in result["metrics"]}
+    assert result["agree"], result["max_abs_diff"]
+    assert all(c["min_items"] == c["max_items"] == 10 and c["lists_with_repeats"] == 0 and c["unknown_items"] == 0 for c in result["list_checks"])

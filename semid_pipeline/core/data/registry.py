@@ -53,6 +53,18 @@ DATASETS: Dict[str, DatasetSpec] = {
         "Amazon Beauty 5-core (2014 release), P5/S3-Rec sequence format from ../shared.",
         _amazon_loader("amazon-beauty", "Beauty"),
     ),
+    # The other two categories of the TIGER / P5 benchmark. Any other Amazon category or release
+    # loads through the same partitions by options: {"format": "2014"|"2018", "category": ..., "root": ...}.
+    "amazon-sports": DatasetSpec(
+        "amazon-sports",
+        "Amazon Sports_and_Outdoors 5-core, P5/S3-Rec sequence format (or any release via options).",
+        _amazon_loader("amazon-sports", "Sports_and_Outdoors"),
+    ),
+    "amazon-toys": DatasetSpec(
+        "amazon-toys",
+        "Amazon Toys_and_Games 5-core, P5/S3-Rec sequence format (or any release via options).",
+        _amazon_loader("amazon-toys", "Toys_and_Games"),
+    ),
 }
 
 

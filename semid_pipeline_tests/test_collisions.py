@@ -93,3 +93,68 @@ def test_codebook_stats_rejects_out_of_range_codes():
 def test_sid_strings():
     assert sid_strings(np.array([[12, 200, 7, 0], [0, 0, 0, 1]])) == ["12-200-7-0", "0-0-0-1"]
     assert sid_strings(np.zeros((0, 4), dtype=np.int64)) == []
+
+
+# -- resolve_collisions / Sinkhorn ------------------------------------------------------------------
+from semid_pipeline.core.tokenizers.collisions import resolve_collisions  # noqa: E402
+from semid_pipeline.core.tokenizers.sinkhorn import sinkhorn_plan  # noqa: E402
+
+
+def _random_colliding_codes(seed: int, n: int = 80, k: int = 16):
+    rng = np.random.default_rng(seed)
+    codes = np.stack([rng.integers(0, 3, n), rng.integers(0, 4, n), rng.integers(0, 3, n)], axis=1)  # many collisions
+    dist = rng.random((n, k))
+    return codes, dist
+
+
+def test_sinkhorn_plan_has_uniform_marginals():
+    cost = np.random.default_rng(0).random((5, 7))
+    plan = sinkhorn_plan(cost, epsilon=0.1, n_iters=500)
+    np.testing.assert_allclose(plan.sum(1), 1 / 5, atol=1e-8)
+    np.testing.assert_allclose(plan.sum(0), 1 / 7, atol=1e-6)
+
+
+def test_sinkhorn_resolution_is_unique_without_extra_token_and_deterministic():
+    codes, dist = _random_colliding_codes(0)
+    assert collision_rate(codes) > 0.5
+    sids, dedup = resolve_collisions(codes, dist, strategy="sinkhorn", seed=3)
+    assert sids.shape == codes.shape and (dedup == 0).all()
+    assert collision_rate(sids) == 0.0
+    np.testing.assert_array_equal(sids[:, :-1], codes[:, :-1])  # only the last level moves
+    assert sids[:, -1].max() < dist.shape[1]
+    again, _ = resolve_collisions(codes.copy(), dist.copy(), strategy="sinkhorn", seed=3)
+    np.testing.assert_array_equal(sids, again)
+    # items that never collided keep their codes
+    keep = ~collided_mask(codes)
+    np.testing.assert_array_equal(sids[keep], codes[keep])
+
+
+def test_sinkhorn_keeps_nearest_item_and_moves_the_other_to_its_best_free_code():
+    codes = np.array([[0, 1], [0, 1], [1, 1]])
+    dist = np.array([[5.0, 1.0, 9.0, 9.0], [3.0, 0.5, 2.0, 9.0], [0.0, 0.0, 0.0, 0.0]])
+    sids, _ = resolve_collisions(codes, dist, strategy="sinkhorn")
+    # row 1 is nearer to code 1 (0.5 < 1.0), so it keeps it; row 0 moves to its nearest free code 0
+    np.testing.assert_array_equal(sids, [[0, 0], [0, 1], [1, 1]])
+
+
+def test_sinkhorn_respects_reserved_sids_and_raises_when_a_prefix_overflows():
+    codes = np.array([[2, 0], [2, 0]])
+    dist = np.array([[0.0, 1.0, 2.0], [0.0, 1.0, 2.0]])
+    sids, _ = resolve_collisions(codes, dist, strategy="sinkhorn", reserved=np.array([[2, 1]]))
+    assert sorted(sids[:, 1].tolist()) == [0, 2]
+    with pytest.raises(ValueError, match="codewords"):
+        resolve_collisions(np.zeros((4, 2), dtype=np.int64), np.zeros((4, 3)), strategy="sinkhorn")
+    with pytest.raises(ValueError, match="last_distances"):
+        resolve_collisions(codes, None, strategy="sinkhorn")
+    with pytest.raises(ValueError, match="unknown collision strategy"):
+        resolve_collisions(codes, dist, strategy="nope")
+
+
+def test_append_token_strategy_matches_tiger_and_continues_after_reserved():
+    sids, dedup = resolve_collisions(CODES, strategy="append_token")
+    ref_sids, ref_dedup = append_dedup_token(CODES)
+    np.testing.assert_array_equal(sids, ref_sids)
+    np.testing.assert_array_equal(dedup, ref_dedup)
+    new = np.array([[1, 2], [1, 2], [9, 9]])
+    sids, dedup = resolve_collisions(new, strategy="append_token", reserved=np.array([[1, 2, 0], [1, 2, 1]]))
+    np.testing.assert_array_equal(dedup, [2, 3, 0])

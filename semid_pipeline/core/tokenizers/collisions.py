@@ -10,7 +10,7 @@ Levels are numbered from 0, the column index into ``codes``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -126,3 +126,62 @@ def codebook_stats(codes: np.ndarray, codebook_size: int) -> list[dict[str, Any]
 def sid_strings(sids: np.ndarray) -> list[str]:
     """Renders each row of an ``(N, L)`` integer array as ``"12-200-7-0"``."""
     return ["-".join(map(str, row)) for row in _as_codes(sids).tolist()]
+
+
+CollisionStrategy = Literal["append_token", "sinkhorn"]
+COLLISION_STRATEGIES: tuple[str, ...] = ("append_token", "sinkhorn")
+
+
+def resolve_collisions(
+    codes: np.ndarray,
+    last_distances: np.ndarray | None = None,
+    strategy: str = "append_token",
+    seed: int = 0,
+    reserved: np.ndarray | None = None,
+    sinkhorn_epsilon: float = 0.05,
+    sinkhorn_iters: int = 200,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Makes every item's semantic ID unique. Returns ``(sids (N, W) int64, dedup (N,) int64)``.
+
+    ``codes`` ``(N, L)``: the tokenizer's codes. ``strategy``:
+
+    - ``"append_token"`` (TIGER): ``sids = [codes | dedup]`` (``W = L + 1``); ``dedup`` numbers the
+      items of each code tuple ``0, 1, 2, ...`` in row order. ``last_distances`` is ignored.
+      With ``reserved`` ``(M, L + 1)`` (SIDs already handed out, e.g. by a frozen tokenizer), new
+      items continue each tuple's numbering after the largest reserved dedup value, so no
+      reserved SID is repeated.
+    - ``"sinkhorn"`` (CAT-ID2 / LETTER): ``W = L``, no extra token; ``dedup`` is all zeros. The
+      last code of colliding items is re-assigned by balanced optimal transport over the
+      last level's codewords (:func:`~semid_pipeline.core.tokenizers.sinkhorn.sinkhorn_reassign_last_level`),
+      which needs ``last_distances`` ``(N, K)``: each item's distance to every last-level codeword.
+      With ``reserved`` ``(M, L)`` new items avoid those SIDs too. Raises ``ValueError`` when a
+      prefix ``(c_1..c_{L-1})`` holds more than K items.
+
+    Deterministic: same inputs and ``seed`` (used only to break exact ties) -> same output.
+    """
+    arr = _as_codes(codes)
+    if strategy == "append_token":
+        if reserved is None or np.asarray(reserved).size == 0:
+            return append_dedup_token(arr)
+        res = _as_codes(np.asarray(reserved).reshape(-1, arr.shape[1] + 1))
+        sids, dedup = append_dedup_token(arr)
+        if arr.shape[0] == 0:
+            return sids, dedup
+        # Offset each tuple's numbering by (largest reserved dedup of that tuple + 1).
+        both = np.concatenate([arr, res[:, :-1]], axis=0)
+        _, inv = np.unique(both, axis=0, return_inverse=True)
+        inv = inv.reshape(-1)
+        offset = np.zeros(int(inv.max()) + 1, dtype=np.int64)
+        np.maximum.at(offset, inv[arr.shape[0] :], res[:, -1] + 1)
+        dedup = dedup + offset[inv[: arr.shape[0]]]
+        return np.concatenate([arr, dedup[:, None]], axis=1), dedup
+    if strategy == "sinkhorn":
+        if last_distances is None:
+            raise ValueError("collision_strategy 'sinkhorn' needs last_distances (N, K) for the last level")
+        from semid_pipeline.core.tokenizers.sinkhorn import sinkhorn_reassign_last_level
+
+        sids = sinkhorn_reassign_last_level(
+            arr, last_distances, seed=seed, epsilon=sinkhorn_epsilon, n_iters=sinkhorn_iters, reserved=reserved
+        )
+        return sids, np.zeros(arr.shape[0], dtype=np.int64)
+    raise ValueError(f"unknown collision strategy {strategy!r}; expected one of {COLLISION_STRATEGIES}")

@@ -142,8 +142,25 @@ def test_sinkhorn_respects_reserved_sids_and_raises_when_a_prefix_overflows():
     dist = np.array([[0.0, 1.0, 2.0], [0.0, 1.0, 2.0]])
     sids, _ = resolve_collisions(codes, dist, strategy="sinkhorn", reserved=np.array([[2, 1]]))
     assert sorted(sids[:, 1].tolist()) == [0, 2]
-    with pytest.raises(ValueError, match="codewords"):
-        resolve_collisions(np.zeros((4, 2), dtype=np.int64), np.zeros((4, 3)), strategy="sinkhorn")
+    with pytest.raises(ValueError, match="cannot get unique"):
+        resolve_collisions(np.zeros((10, 2), dtype=np.int64), np.zeros((10, 3)), strategy="sinkhorn")
+
+
+def test_sinkhorn_spills_an_overfull_prefix_to_siblings():
+    # 7 items share prefix 0 but the last level has only 3 codes: 4 must move to other level-0 codes
+    codes = np.array([[0, 0]] * 7 + [[1, 2]])
+    rng = np.random.default_rng(0)
+    dist = rng.random((8, 3))
+    sids, _ = resolve_collisions(codes, dist, strategy="sinkhorn")
+    assert collision_rate(sids) == 0.0
+    assert (sids[:, 0] == 0).sum() == 3 and np.bincount(sids[:, 0], minlength=3).max() <= 3
+    np.testing.assert_array_equal(sids, resolve_collisions(codes, dist, strategy="sinkhorn")[0])
+    # with per-level distances, a mover goes to its nearest sibling with room
+    ld = np.zeros((8, 2, 3))
+    ld[:, 0, 2] = 1.0  # code 2 far for everyone -> movers fill code 1 first (room for 2 next to item 7), then code 2
+    sids2, _ = resolve_collisions(codes, dist, strategy="sinkhorn", level_distances=ld)
+    assert collision_rate(sids2) == 0.0
+    assert (sids2[:7, 0] == 1).sum() == 2 and (sids2[:7, 0] == 2).sum() == 2 and (sids2[:7, 0] == 0).sum() == 3
     with pytest.raises(ValueError, match="last_distances"):
         resolve_collisions(codes, None, strategy="sinkhorn")
     with pytest.raises(ValueError, match="unknown collision strategy"):

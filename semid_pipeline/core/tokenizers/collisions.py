@@ -140,6 +140,7 @@ def resolve_collisions(
     reserved: np.ndarray | None = None,
     sinkhorn_epsilon: float = 0.05,
     sinkhorn_iters: int = 200,
+    level_distances: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Makes every item's semantic ID unique. Returns ``(sids (N, W) int64, dedup (N,) int64)``.
 
@@ -154,8 +155,10 @@ def resolve_collisions(
       last code of colliding items is re-assigned by balanced optimal transport over the
       last level's codewords (:func:`~semid_pipeline.core.tokenizers.sinkhorn.sinkhorn_reassign_last_level`),
       which needs ``last_distances`` ``(N, K)``: each item's distance to every last-level codeword.
-      With ``reserved`` ``(M, L)`` new items avoid those SIDs too. Raises ``ValueError`` when a
-      prefix ``(c_1..c_{L-1})`` holds more than K items.
+      With ``reserved`` ``(M, L)`` new items avoid those SIDs too. A prefix ``(c_1..c_{L-1})`` with
+      more than K items first spills its excess items to sibling prefixes (upper codes change for
+      those few; ``level_distances`` ``(N, L, K)``, optional, picks the nearest sibling). Raises
+      ``ValueError`` only when ``N + M > K^L``.
 
     Deterministic: same inputs and ``seed`` (used only to break exact ties) -> same output.
     """
@@ -181,7 +184,8 @@ def resolve_collisions(
         from semid_pipeline.core.tokenizers.sinkhorn import sinkhorn_reassign_last_level
 
         sids = sinkhorn_reassign_last_level(
-            arr, last_distances, seed=seed, epsilon=sinkhorn_epsilon, n_iters=sinkhorn_iters, reserved=reserved
+            arr, last_distances, seed=seed, epsilon=sinkhorn_epsilon, n_iters=sinkhorn_iters, reserved=reserved,
+            level_distances=level_distances,
         )
         return sids, np.zeros(arr.shape[0], dtype=np.int64)
     raise ValueError(f"unknown collision strategy {strategy!r}; expected one of {COLLISION_STRATEGIES}")

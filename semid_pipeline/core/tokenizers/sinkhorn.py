@@ -19,9 +19,14 @@ give no algorithmic detail beyond that; what is implemented here (our choices, s
 4. A one-to-one assignment is read off the transport plan greedily: repeatedly take the largest
    remaining entry (ties broken by lowest cost, then by a seeded random priority per mover), assign
    that mover to that code and strike both row and column. Since each group has at most K items,
-   every mover receives a distinct free code, so one pass makes the IDs unique ("iterate until
-   unique" terminates after the first pass; a group with more items than codewords cannot be made
-   unique at the last level and raises ``ValueError``).
+   every mover receives a distinct free code, so one pass makes the IDs unique.
+5. Overflow ("iterate until unique"): a prefix ``(c_1..c_{L-1})`` with more than K items cannot be
+   made unique at the last level alone. Before step 1, prefixes are therefore brought under their
+   capacity top-down (:func:`_enforce_capacity`): at level ``j`` a code may hold at most
+   ``K^(L-1-j)`` items of its parent prefix; the excess items of an over-full code (those farthest
+   from it when per-level distances are given, else the highest rows) move to the sibling code with
+   spare capacity that is nearest (per-level distances) or has the most room (ties: lowest code).
+   Their deeper codes are kept as they are. Only a catalogue larger than ``K^L`` raises ``ValueError``.
 
 Everything is numpy and deterministic: same inputs + seed -> same output.
 """
@@ -86,15 +91,16 @@ def sinkhorn_reassign_last_level(
     epsilon: float = 0.05,
     n_iters: int = 200,
     reserved: np.ndarray | None = None,
+    level_distances: np.ndarray | None = None,
 ) -> np.ndarray:
     """Returns a copy of ``codes`` ``(N, L)`` whose rows are unique (and differ from ``reserved``).
 
     ``last_distances`` ``(N, K)``: each item's distance to every codeword of the last level (for an
     RQ-VAE, ``||r_{L-1} - e^L_k||^2``; for RQ-KMeans the same against the last level's centroids).
     ``reserved`` ``(M, L)``: SIDs already in use that the result must not repeat (optional). Only
-    the last column changes, and only for items of a colliding tuple (see the module docstring).
-    Raises ``ValueError`` when a prefix group holds more items (plus reserved SIDs) than there are
-    codewords.
+    the last column changes, and only for items of a colliding tuple (see the module docstring),
+    except when a prefix is over-full (step 5): then upper codes of the excess items change too;
+    ``level_distances`` ``(N, L, K)`` (optional) guides those moves.
     """
     arr = np.asarray(codes, dtype=np.int64)
     dist = np.asarray(last_distances, dtype=np.float64)
@@ -107,9 +113,10 @@ def sinkhorn_reassign_last_level(
     if n and (arr[:, -1].min() < 0 or arr[:, -1].max() >= k):
         raise ValueError(f"last-level codes must lie in [0, {k}) to match last_distances")
     res = np.zeros((0, n_levels), dtype=np.int64) if reserved is None else np.asarray(reserved, dtype=np.int64).reshape(-1, n_levels)
-    out = arr.copy()
     if n == 0:
-        return out
+        return arr.copy()
+    arr = _enforce_capacity(arr, res, k, level_distances)
+    out = arr.copy()
 
     # Which rows collide (with another new row or with a reserved SID)?
     allrows = np.concatenate([arr, res], axis=0)
@@ -164,4 +171,48 @@ def sinkhorn_reassign_last_level(
         plan = sinkhorn_plan(scaled, epsilon=epsilon, n_iters=n_iters)
         match = _greedy_match(plan, scaled, priority_all[movers])
         out[movers, -1] = free[match]
+    return out
+
+
+def _enforce_capacity(codes: np.ndarray, reserved: np.ndarray, k: int, level_distances: np.ndarray | None) -> np.ndarray:
+    """Moves new rows so that every prefix ``(c_0..c_j)`` holds at most ``k^(L-1-j)`` rows (step 5)."""
+    n, n_levels = codes.shape
+    out = codes.copy()
+    total = n + reserved.shape[0]
+    if total > k**n_levels:
+        raise ValueError(f"{total} items cannot get unique {n_levels}-level SIDs from {k} codes per level ({k ** n_levels} SIDs)")
+    ld = None if level_distances is None else np.asarray(level_distances, dtype=np.float64)
+    for j in range(n_levels - 1):
+        cap = k ** (n_levels - 1 - j)
+        allrows = np.concatenate([out, reserved], axis=0)
+        _, inv, cnt = np.unique(allrows[:, : j + 1], axis=0, return_inverse=True, return_counts=True)
+        inv = inv.reshape(-1)
+        if cnt.max() <= cap:
+            continue
+        over_rows = np.flatnonzero(cnt[inv] > cap)
+        parent_keys = {tuple(r) for r in allrows[over_rows, :j].tolist()}
+        for parent in sorted(parent_keys):
+            in_parent = np.flatnonzero((allrows[:, :j] == np.asarray(parent, dtype=np.int64)).all(1)) if j else np.arange(total)
+            col = allrows[in_parent, j]
+            counts = np.bincount(col, minlength=k)
+            movers = []
+            for code in np.flatnonzero(counts > cap).tolist():
+                rows = in_parent[(col == code) & (in_parent < n)]
+                if ld is not None:
+                    far = rows[np.lexsort((rows, -ld[rows, j, code]))]
+                else:
+                    far = rows[::-1]
+                excess = far[: counts[code] - cap]
+                counts[code] -= excess.size
+                movers.extend(excess.tolist())
+            for row in sorted(movers):
+                spare = np.flatnonzero(counts < cap)
+                if ld is not None:
+                    target = spare[np.argmin(ld[row, j, spare])]
+                else:
+                    room = cap - counts[spare]
+                    target = spare[np.argmax(room)]
+                out[row, j] = target
+                counts[target] += 1
+            allrows = np.concatenate([out, reserved], axis=0)
     return out

@@ -1,0 +1,268 @@
+"""The common SID-tokenizer interface: one artifact for every quantizer, plus its tag heads.
+
+:class:`SIDTokenizer` wraps a quantizer (:class:`~semid_pipeline.core.tokenizers.rqvae.RQVAE` or
+:class:`~semid_pipeline.core.tokenizers.rqkmeans.RQKMeans`) and, when the catalogue has tags, the
+per-level tag classifiers (trained jointly with HiD-VAE's tag-prediction loss, or fitted
+afterwards on the frozen codewords as a probe). It saves/loads as one safetensors + JSON artifact
+and exposes what the pipeline needs:
+
+- ``encode(x) -> (N, L) codes`` (what ``semantic_ids`` calls),
+- :meth:`SIDTokenizer.encode_full` -> codes, last-level distances (for Sinkhorn collision
+  resolution), latents, codewords and per-item reconstruction error,
+- :meth:`SIDTokenizer.decode_paths`: the human-readable tag path a SID decodes to
+  (``"Skin Care > Face > Masks"``).
+
+:func:`train_tokenizer` fits either kind from :class:`TokenizerParams` (``kind: rqvae | rqkmeans``
+plus the RQ-VAE fields and the :class:`SupervisionParams` loss switches and weights).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Literal, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from semid_pipeline.core.artifacts import Artifact, register_artifact
+from semid_pipeline.core.progress import ProgressFn
+from semid_pipeline.core.tokenizers.rqkmeans import RQKMeans, RQKMeansParams, fit_rqkmeans
+from semid_pipeline.core.tokenizers.rqvae import RQVAE, RQVAEParams, _check_embeddings, train_rqvae
+from semid_pipeline.core.tokenizers.supervision import (
+    SEP,
+    SupervisedLoss,
+    SupervisionParams,
+    TagHeads,
+    TagVocab,
+    build_tag_vocab,
+    fit_probe_heads,
+    heldout_mask,
+)
+
+
+class TokenizerParams(RQVAEParams, SupervisionParams):
+    """Which tokenizer, its sizes and training (``RQVAEParams``), and the supervised loss switches
+    (``SupervisionParams``; all off = plain TIGER RQ-VAE, the default)."""
+
+    kind: Literal["rqvae", "rqkmeans"] = Field(default="rqvae", description="'rqvae' (TIGER/HiD-VAE/CAT-ID2 losses) or 'rqkmeans' (faiss residual k-means).")
+    tag_levels: int = Field(default=3, ge=1, description="Tag levels read from item_tags.tag_path (root first).")
+    min_tag_items: int = Field(default=1, ge=1, description="Tags with fewer items count as missing (HiD-VAE appendix E filters < 30).")
+    heldout_fraction: float = Field(default=0.1, ge=0.0, lt=1.0, description="Items whose tags are hidden from training, to measure tag accuracy.")
+    probe_epochs: int = Field(default=30, ge=1, description="Epochs of the tag-classifier probe fitted on frozen codewords when the tokenizer was not trained with tag prediction.")
+
+
+class EncodeResult(NamedTuple):
+    codes: np.ndarray  # (N, L) int64
+    last_distances: np.ndarray  # (N, K) float32, squared distances of the last residual to the last codebook
+    latents: np.ndarray  # (N, D) float32, pre-quantization latents (z_e; the input for RQ-KMeans)
+    quantized: Tensor  # (N, L, D) selected codewords
+    recon_error: np.ndarray  # (N,) squared L2 reconstruction error of the (normalised) input
+
+
+@register_artifact
+class SIDTokenizer(Artifact):
+    KIND = "sid_tokenizer"
+
+    def __init__(
+        self,
+        quantizer: Any,
+        heads: Optional[TagHeads] = None,
+        tag_keys: Optional[List[List[str]]] = None,
+        heads_source: str = "none",
+        tag_settings: Optional[Dict[str, Any]] = None,
+    ):
+        self.quantizer = quantizer
+        self.heads = heads
+        self.tag_keys = tag_keys or []
+        self.heads_source = heads_source
+        # tag_levels, min_tag_items, heldout_fraction, seed: rebuild the same labels / held-out split later
+        self.tag_settings = dict(tag_settings or {})
+
+    @property
+    def kind(self) -> str:
+        return self.quantizer.KIND
+
+    @property
+    def n_levels(self) -> int:
+        return int(self.quantizer.n_levels)
+
+    @property
+    def codebook_size(self) -> int:
+        return int(self.quantizer.codebook_size)
+
+    @property
+    def codebooks(self) -> Tensor:
+        return self.quantizer.codebooks.detach().cpu()
+
+    def encode(self, x, batch_size: int = 8192) -> Tensor:
+        """Codes ``(N, L)`` int64 on CPU."""
+        return self.quantizer.encode(torch.as_tensor(x), batch_size=batch_size).cpu()
+
+    def encode_latent(self, x, batch_size: int = 8192) -> Tensor:
+        """Pre-quantization latents ``(N, D)`` (z_e for an RQ-VAE, the normalised input for RQ-KMeans)."""
+        return self.quantizer.encode_latent(torch.as_tensor(x), batch_size)
+
+    @torch.no_grad()
+    def quantize(self, z: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(codes, quantized, residuals, distances)`` of latents from :meth:`encode_latent` (the
+        RQ-VAE interface that ``core/tokenizers/assign.py`` uses for last-level distances)."""
+        if isinstance(self.quantizer, RQVAE):
+            return self.quantizer.quantize(z)
+        return tuple(self.quantizer.quantize(z, prepared=True))
+
+    @torch.no_grad()
+    def encode_full(self, x, batch_size: int = 8192) -> EncodeResult:
+        x = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x).float()
+        if isinstance(self.quantizer, RQVAE):
+            model = self.quantizer.eval()
+            z = model.encode_latent(x, batch_size)
+            parts = [model.quantize(z[i : i + batch_size]) for i in range(0, max(z.shape[0], 1), batch_size)]
+            codes, quantized, _, distances = (torch.cat([p[j] for p in parts]) for j in range(4))
+            target = model.prepare_input(x)
+            x_hat = torch.cat([model.decoder(quantized[i : i + batch_size].sum(1)) for i in range(0, max(z.shape[0], 1), batch_size)])
+            recon = (x_hat - target).pow(2).sum(-1)
+        else:
+            z = self.quantizer.prepare_input(x)
+            qb = self.quantizer.quantize(z, batch_size, prepared=True)
+            codes, quantized, distances = qb.codes, qb.quantized, qb.distances
+            recon = (z - quantized.sum(1)).pow(2).sum(-1)
+        return EncodeResult(
+            codes=codes.cpu().numpy().astype(np.int64),
+            last_distances=distances[:, -1].cpu().numpy().astype(np.float32),
+            latents=z.cpu().numpy().astype(np.float32),
+            quantized=quantized.cpu(),
+            recon_error=recon.cpu().numpy().astype(np.float64),
+        )
+
+    def codewords(self, codes: np.ndarray) -> Tensor:
+        """``(N, L, D)`` codewords of a code matrix (e.g. a SID after Sinkhorn re-assignment)."""
+        cb = self.codebooks
+        c = torch.as_tensor(np.asarray(codes, dtype=np.int64))
+        return torch.stack([cb[lv][c[:, lv]] for lv in range(cb.shape[0])], 1)
+
+    def predict_tags(self, quantized: Tensor) -> np.ndarray:
+        """``(N, T)`` tag ids predicted from codewords by the tag heads (needs heads)."""
+        if self.heads is None:
+            raise ValueError("this tokenizer has no tag heads (trained without item tags)")
+        return self.heads.cpu().predict(quantized.float()).numpy()
+
+    def decode_paths(self, codes: np.ndarray) -> List[str]:
+        """The tag path each code row decodes to, e.g. ``"Skin Care > Face > Masks"``: the predicted
+        tag name per level (the last component of each level's key), joined by ``" > "``."""
+        pred = self.predict_tags(self.codewords(codes))
+        names = [[k.split(SEP)[-1] for k in keys] for keys in self.tag_keys]
+        return [SEP.join(names[lv][v] for lv, v in enumerate(row) if v < len(names[lv])) for row in pred.tolist()]
+
+    # -- Artifact ---------------------------------------------------------------------------------
+    def artifact_config(self) -> Dict[str, Any]:
+        heads = None
+        if self.heads is not None:
+            heads = {"latent_dim": self.heads.latent_dim, "n_classes": self.heads.n_classes, "tag_dim": self.heads.tag_dim, "dropout": self.heads.dropout}
+        return {
+            "quantizer_kind": self.quantizer.KIND,
+            "quantizer": self.quantizer.artifact_config(),
+            "heads": heads,
+            "heads_source": self.heads_source,
+            "tag_keys": self.tag_keys,
+            "tag_settings": self.tag_settings,
+        }
+
+    def artifact_tensors(self) -> Dict[str, Tensor]:
+        out = {f"q.{k}": v for k, v in self.quantizer.artifact_tensors().items()}
+        if self.heads is not None:
+            out.update({f"h.{k}": v for k, v in self.heads.state_dict().items()})
+        return out
+
+    @classmethod
+    def from_artifact(cls, config: Dict[str, Any], tensors: Dict[str, Tensor]) -> "SIDTokenizer":
+        qt = {k[2:]: v for k, v in tensors.items() if k.startswith("q.")}
+        qcls = {"rqvae": RQVAE, "rqkmeans": RQKMeans}[config["quantizer_kind"]]
+        quantizer = qcls.from_artifact(config["quantizer"], qt)
+        heads = None
+        if config.get("heads"):
+            heads = TagHeads(**config["heads"])
+            heads.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("h.")})
+            heads.eval()
+        return cls(quantizer, heads, config.get("tag_keys") or [], config.get("heads_source", "none"), config.get("tag_settings"))
+
+
+def tag_labels_for(tokenizer: SIDTokenizer, tag_paths: Sequence[Any]) -> Tuple[TagVocab, np.ndarray]:
+    """The label matrix and held-out mask that ``tokenizer`` was trained with, rebuilt from the same
+    ``tag_paths`` (deterministic); raises if the tag vocabulary differs from the one it learned."""
+    s = tokenizer.tag_settings
+    vocab = build_tag_vocab(tag_paths, int(s.get("tag_levels", 3)), int(s.get("min_tag_items", 1)))
+    if tokenizer.tag_keys and vocab.keys != tokenizer.tag_keys:
+        raise ValueError("item tags differ from the ones the tokenizer was trained with (tag vocabulary changed); retrain sid_tokenizer")
+    return vocab, heldout_mask(len(vocab.labels), float(s.get("heldout_fraction", 0.1)), int(s.get("seed", 0)))
+
+
+class TokenizerResult(NamedTuple):
+    tokenizer: SIDTokenizer
+    history: List[Dict[str, Any]]
+    vocab: Optional[TagVocab]
+    heldout: np.ndarray  # (N,) bool, items whose tags training never saw
+
+
+def _sub(params: TokenizerParams, cls):
+    return cls(**{k: getattr(params, k) for k in cls.model_fields if hasattr(params, k)})
+
+
+def train_tokenizer(
+    embeddings: np.ndarray,
+    params: TokenizerParams,
+    tag_paths: Optional[Sequence[Any]] = None,
+    embed_texts: Optional[Callable[[List[str]], np.ndarray]] = None,
+    progress: Optional[ProgressFn] = None,
+) -> TokenizerResult:
+    """Fits the tokenizer ``params.kind`` on ``embeddings`` ``(N, dim)`` in row order.
+
+    ``tag_paths`` (one root-first list of tag names per row, e.g. ``item_tags.tag_path``) gives the
+    supervision labels (rows in :func:`heldout_mask` are hidden from training) and enables tag
+    heads; ``embed_texts`` embeds the tag texts for HiD-VAE's alignment loss. Without tags, tag
+    losses must be off. When the tokenizer did not learn classifiers jointly (no tag_prediction, or
+    RQ-KMeans), classifiers are fitted afterwards on its frozen codewords (``heads_source='probe'``).
+    """
+    x = _check_embeddings(embeddings)
+    n = x.shape[0]
+    sup = _sub(params, SupervisionParams)
+    vocab = build_tag_vocab(tag_paths, params.tag_levels, params.min_tag_items) if tag_paths is not None else None
+    if vocab is not None and len(vocab.labels) != n:
+        raise ValueError(f"tag_paths has {len(vocab.labels)} rows but embeddings have {n}")
+    heldout = heldout_mask(n, params.heldout_fraction, params.seed) if vocab is not None else np.zeros(n, dtype=bool)
+    train_labels = None
+    if vocab is not None:
+        train_labels = vocab.labels.copy()
+        train_labels[heldout] = -1
+    history: List[Dict[str, Any]] = []
+    heads, source = None, "none"
+    if params.kind == "rqvae":
+        extra = None
+        if sup.any:
+            if sup.any_tags and vocab is None:
+                raise ValueError("tag losses are switched on but no item tags were given")
+            tag_emb = None
+            if sup.tag_alignment:
+                if embed_texts is None:
+                    raise ValueError("tag_alignment needs embed_texts to embed the tag texts")
+                tag_emb = [np.asarray(embed_texts(keys), dtype=np.float32) for keys in vocab.keys]
+            extra = SupervisedLoss(
+                sup, params.latent_dim, params.n_levels, train_labels, vocab.parents if vocab else None, tag_emb,
+                n_classes=[max(len(k), 1) for k in vocab.keys] if vocab else None,
+            )
+        result = train_rqvae(x, _sub(params, RQVAEParams), progress=progress, extra_loss=extra)
+        quantizer, history = result.model, result.history
+        if extra is not None and extra.heads is not None and sup.tag_prediction:
+            heads, source = extra.heads.cpu().eval(), "trained"
+    else:
+        quantizer = fit_rqkmeans(x, _sub(params, RQKMeansParams), progress=progress)
+    settings = {"tag_levels": params.tag_levels, "min_tag_items": params.min_tag_items, "heldout_fraction": params.heldout_fraction, "seed": params.seed}
+    tok = SIDTokenizer(quantizer, heads, vocab.keys if vocab is not None else [], source, settings)
+    if vocab is not None and heads is None:
+        q = tok.encode_full(x).quantized
+        tok.heads = fit_probe_heads(
+            q, train_labels[:, : tok.n_levels], q.shape[-1], epochs=params.probe_epochs, seed=params.seed,
+            n_classes=[max(len(k), 1) for k in vocab.keys],
+        )
+        tok.heads_source = "probe"
+    return TokenizerResult(tok, history, vocab, heldout)

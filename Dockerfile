@@ -1,11 +1,14 @@
-# One image for the code server, the webserver and the daemon (CPU). GPU hosts: see README.
+# CPU image: the webserver and the daemon (and the code server on CPU-only hosts, see
+# docker/compose.cpu.yml). GPU training runs in Dockerfile.gpu's image.
 FROM python:3.11-slim
-ENV PIP_NO_CACHE_DIR=1 DAGSTER_HOME=/opt/dagster/home SEMID_DATA_DIR=/opt/dagster/data \
+ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 DAGSTER_HOME=/opt/dagster/home SEMID_DATA_DIR=/opt/dagster/data \
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 WORKDIR /opt/semid_pipeline
 COPY pyproject.toml README.md ./
 COPY semid_pipeline ./semid_pipeline
-RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu torch==2.13.0 && pip install .
+COPY configs ./configs
+RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
+    && pip install ".[deploy]"
 RUN mkdir -p $DAGSTER_HOME $SEMID_DATA_DIR
 COPY docker/dagster.yaml $DAGSTER_HOME/dagster.yaml
 COPY docker/workspace.yaml /opt/semid_pipeline/workspace.yaml

@@ -9,7 +9,7 @@ import pandas as pd
 from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext
 
 from semid_pipeline.core import storage as tables
-from semid_pipeline.core.artifacts import Artifact, load_artifact, save_artifact
+from semid_pipeline.core.artifacts import Artifact, load_artifact, read_artifact_meta, save_artifact
 from semid_pipeline.resources import StorageResource
 
 
@@ -55,9 +55,13 @@ class ModelIOManager(ConfigurableIOManager):
             return
         directory = tables.model_dir(self.storage.data_dir, context.asset_key.path[-1], _partition(context))
         extra: dict[str, Any] = {"run_id": context.run_id, "asset": context.asset_key.to_user_string()}
+        extra.update(getattr(obj, "artifact_extra", None) or {})  # e.g. the tokenizer version a recommender was trained on
         save_artifact(obj, directory, extra=extra)
         n_params = sum(int(t.numel()) for t in obj.artifact_tensors().values())
         context.add_output_metadata({"path": MetadataValue.path(str(directory)), "kind": obj.KIND, "n_tensor_values": n_params})
 
     def load_input(self, context: InputContext) -> Artifact:
-        return load_artifact(tables.model_dir(self.storage.data_dir, context.asset_key.path[-1], _partition(context)))
+        directory = tables.model_dir(self.storage.data_dir, context.asset_key.path[-1], _partition(context))
+        obj = load_artifact(directory)
+        obj.artifact_extra = dict(read_artifact_meta(directory).get("extra", {}))
+        return obj

@@ -1,7 +1,9 @@
 """Jobs and schedules: the whole graph, and re-tokenization (embeddings -> ... -> evaluation)."""
 
 import os
+from pathlib import Path
 
+import yaml
 from dagster import AssetSelection, RunRequest, ScheduleEvaluationContext, define_asset_job, schedule
 
 from semid_pipeline.partitions import dataset_partitions
@@ -15,20 +17,52 @@ full_pipeline_job = define_asset_job(
 
 retokenize_job = define_asset_job(
     "retokenize",
-    selection=AssetSelection.assets("item_text_embeddings").downstream(),
+    selection=AssetSelection.assets("item_text_embeddings").downstream() | AssetSelection.assets("incoming_items"),
     partitions_def=dataset_partitions,
-    description="Re-embed items, retrain the tokenizer, reassign SIDs, retrain and re-evaluate the recommender.",
+    description="Mode 'full': re-embed items (+ incoming ones), retrain the tokenizer, reassign every SID, "
+    "record the version, retrain and re-evaluate the recommender.",
+)
+
+retokenize_frozen_job = define_asset_job(
+    "retokenize_frozen",
+    selection=AssetSelection.assets("incoming_items", "catalog_item_embeddings", "semantic_ids", "sid_versions"),
+    partitions_def=dataset_partitions,
+    config={"ops": {"semantic_ids": {"config": {"mode": "frozen"}}}},
+    description="Mode 'frozen': SIDs for new catalog items from the frozen tokenizer; existing items keep theirs.",
 )
 
 RETOKENIZE_CRON = os.environ.get("SEMID_RETOKENIZE_CRON", "0 3 * * 0")
 RETOKENIZE_DATASETS = [d.strip() for d in os.environ.get("SEMID_RETOKENIZE_DATASETS", "demo").split(",") if d.strip()]
+RETOKENIZE_MODE = os.environ.get("SEMID_RETOKENIZE_MODE", "full")
+if RETOKENIZE_MODE not in ("full", "frozen"):
+    raise ValueError(f"SEMID_RETOKENIZE_MODE must be 'full' or 'frozen', got {RETOKENIZE_MODE!r}")
 
 
-@schedule(job=retokenize_job, cron_schedule=RETOKENIZE_CRON, execution_timezone="UTC")
+def retokenize_run_config(mode: str) -> dict:
+    """Run config of a re-tokenization run: the YAML file ``SEMID_RETOKENIZE_CONFIG`` (Dagster
+    ``ops:`` layout, e.g. ``configs/demo.yaml``), if set, with ``semantic_ids.mode`` = ``mode``."""
+    path = os.environ.get("SEMID_RETOKENIZE_CONFIG")
+    config = yaml.safe_load(Path(path).read_text()) or {} if path else {}
+    ops = config.setdefault("ops", {})
+    ops.setdefault("semantic_ids", {}).setdefault("config", {})["mode"] = mode
+    if mode == "frozen":  # the frozen job runs only the catalog -> semantic_ids -> sid_versions assets
+        keep = {"incoming_items", "catalog_item_embeddings", "semantic_ids", "sid_versions"}
+        config["ops"] = {k: v for k, v in ops.items() if k in keep}
+    return config
+
+
+@schedule(
+    job=retokenize_frozen_job if RETOKENIZE_MODE == "frozen" else retokenize_job,
+    cron_schedule=RETOKENIZE_CRON,
+    execution_timezone="UTC",
+)
 def retokenize_schedule(context: ScheduleEvaluationContext):
     """One re-tokenization run per configured dataset (``SEMID_RETOKENIZE_DATASETS``) on the cron
-    ``SEMID_RETOKENIZE_CRON`` (default weekly, Sunday 03:00 UTC)."""
+    ``SEMID_RETOKENIZE_CRON`` (default weekly, Sunday 03:00 UTC), in ``SEMID_RETOKENIZE_MODE``
+    (``full``: retrain the tokenizer; ``frozen``: new items only)."""
     tick = context.scheduled_execution_time.strftime("%Y%m%dT%H%M")
     for dataset in RETOKENIZE_DATASETS:
         if dataset in dataset_partitions.get_partition_keys():
-            yield RunRequest(run_key=f"retokenize-{dataset}-{tick}", partition_key=dataset)
+            yield RunRequest(
+                run_key=f"retokenize-{dataset}-{tick}", partition_key=dataset, run_config=retokenize_run_config(RETOKENIZE_MODE)
+            )

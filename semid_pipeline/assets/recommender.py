@@ -5,15 +5,30 @@ import pandas as pd
 from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, Config, Output, asset
 
 from semid_pipeline.core.recommendations import topk_frame
+from semid_pipeline.core.recommender.hierarchy import HierarchyInputs, build_level_tags
 from semid_pipeline.core.recommender.model import RecommenderParams
+from semid_pipeline.core.recommender.rl import GRPOParams, train_grpo
+from semid_pipeline.core.storage import table_path
 from semid_pipeline.core.recommender.train import TrainParams, recommend, train_recommender
 from semid_pipeline.core.recommender.trie import SIDTrie
+from semid_pipeline.core.tokenizers.versioning import check_same_version
 from semid_pipeline.metadata import line_plot, md_table
 from semid_pipeline.partitions import dataset_partitions
+from semid_pipeline.resources import StorageResource, TextEncoderResource
+
+
+class GRPOConfig(Config, GRPOParams):
+    """The reinforcement stage after supervised training (DeepInterestGR Sec. III-E), off by default."""
+
+    enabled: bool = False
+    """Run GRPO on the supervised checkpoint; the asset then stores the validation-selected RL policy."""
 
 
 class RecommenderConfig(Config, RecommenderParams, TrainParams):
-    """Model size (``RecommenderParams``) and optimisation (``TrainParams``), TIGER defaults."""
+    """Model size (``RecommenderParams``), optimisation (``TrainParams``), TIGER defaults, and ``rl``."""
+
+    rl: GRPOConfig = GRPOConfig()
+    """GRPO stage (``rl.enabled``); the ``qarm`` reward reads the ``item_quality_scores`` table of the partition."""
 
 
 class RecommendConfig(Config):
@@ -28,6 +43,11 @@ def sid_matrix(semantic_ids: pd.DataFrame) -> np.ndarray:
     return np.stack(semantic_ids.sort_values("item_idx")["sid"].to_numpy()).astype(np.int64)
 
 
+def sid_version(semantic_ids: pd.DataFrame):
+    """The tokenizer version of the SIDs (``semantic_ids.tokenizer_version``), None if not recorded."""
+    return str(semantic_ids["tokenizer_version"].iloc[0]) if "tokenizer_version" in semantic_ids and len(semantic_ids) else None
+
+
 def split_inputs(user_sequences: pd.DataFrame, split: str) -> tuple[list, np.ndarray]:
     """Histories and targets of a split: validation reads ``train_items``, test also sees ``valid_item``."""
     train = [np.asarray(t, dtype=np.int64) for t in user_sequences["train_items"]]
@@ -39,28 +59,57 @@ def split_inputs(user_sequences: pd.DataFrame, split: str) -> tuple[list, np.nda
 
 @asset(partitions_def=dataset_partitions, group_name="recommender", io_manager_key="model_io", pool="gpu")
 def generative_recommender(
-    context: AssetExecutionContext, config: RecommenderConfig, semantic_ids: pd.DataFrame, user_sequences: pd.DataFrame
+    context: AssetExecutionContext,
+    config: RecommenderConfig,
+    semantic_ids: pd.DataFrame,
+    user_sequences: pd.DataFrame,
+    item_tags: pd.DataFrame,
+    text_encoder: TextEncoderResource,
+    storage: StorageResource,
 ) -> Output:
     """Encoder-decoder over SID tokens, trained on every next-item target of each user's training
-    history; the checkpoint kept is the one with the best validation Recall@10."""
+    history; the checkpoint kept is the one with the best validation Recall@10. With
+    ``embedding: hierarchy`` the SID tokens use HiD-VAE's hierarchy-aware embeddings (tag of every
+    (level, code) from ``item_tags``); with ``rl.enabled`` a GRPO stage follows and the
+    validation-selected policy is stored (the evaluation then scores it)."""
     model_params = RecommenderParams(**{k: getattr(config, k) for k in RecommenderParams.model_fields})
     train_params = TrainParams(**{k: getattr(config, k) for k in TrainParams.model_fields})
     valid_hist, valid_target = split_inputs(user_sequences, "valid")
+    sids = sid_matrix(semantic_ids)
+    level_sizes = tuple(int(m) + 1 for m in sids.max(axis=0))
+    tag_paths = item_tags.set_index("item_idx").reindex(semantic_ids.sort_values("item_idx")["item_idx"])["tag_path"]
+    level_tags = build_level_tags(sids, [list(t) if t is not None else [] for t in tag_paths], level_sizes)
+    hierarchy = HierarchyInputs(level_tags, text_encoder.get().encode)
+    user_idx = user_sequences["user_idx"].to_numpy(np.int64)
     result = train_recommender(
-        sid_matrix(semantic_ids),
-        valid_hist,
-        valid_target,
-        valid_hist,
-        user_sequences["user_idx"].to_numpy(np.int64),
-        model_params,
-        train_params,
-        progress=context.log.info,
+        sids, valid_hist, valid_target, valid_hist, user_idx, model_params, train_params, progress=context.log.info, hierarchy=hierarchy
     )
+    rl_meta: dict = {}
+    if config.rl.enabled:
+        rl_params = GRPOParams(**{k: getattr(config.rl, k) for k in GRPOParams.model_fields})
+        quality = None
+        path = table_path(storage.data_dir, "item_quality_scores", context.partition_key)
+        if rl_params.reward == "qarm" and path.exists():
+            scores = pd.read_parquet(path).set_index("item_idx")["quality_score"]
+            quality = scores.reindex(semantic_ids.sort_values("item_idx")["item_idx"]).fillna(0.0).to_numpy(np.float32)
+        rl = train_grpo(result.model, sids, valid_hist, valid_target, user_idx, rl_params, quality, progress=context.log.info)
+        rl_hist = pd.DataFrame([{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in rl.history])
+        rl_meta = {
+            "rl_reward": rl_params.reward,
+            "rl_best_epoch": int(rl.best_epoch),
+            "rl_best_valid_recall@10": float(rl.history[rl.best_epoch]["valid_recall@10"]),
+            "rl_seconds_per_epoch": float(np.mean([h["train_seconds"] for h in rl.history[1:]])) if len(rl.history) > 1 else 0.0,
+            "rl_history": md_table(rl_hist),
+            "rl_curve": line_plot(rl.history, ["valid_recall@10", "valid_ndcg@10"], "GRPO validation per epoch"),
+        }
+        result.model = rl.model
+    result.model.artifact_extra = {"tokenizer_version": sid_version(semantic_ids)}  # saved in config.json by ModelIOManager
     hist = pd.DataFrame([{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in result.history])
     best = max(result.history, key=lambda h: h.get("valid_recall@10", -1.0)) if result.history else {}
     return Output(
         result.model,
         metadata={
+            "tokenizer_version": str(sid_version(semantic_ids)),
             "best_epoch": int(best.get("epoch", -1)),
             "best_valid_recall@10": float(best.get("valid_recall@10", 0.0)),
             "best_valid_ndcg@10": float(best.get("valid_ndcg@10", 0.0)),
@@ -68,6 +117,8 @@ def generative_recommender(
             "train_seconds": float(sum(h.get("seconds", 0.0) for h in result.history)),
             "learning_curve": line_plot(result.history, ["loss", "valid_recall@10", "valid_ndcg@10"], "Recommender training"),
             "history": md_table(hist),
+            "embedding": model_params.embedding,
+            **rl_meta,
         },
     )
 
@@ -92,6 +143,8 @@ def generative_recommendations(
     user_sequences: pd.DataFrame,
 ):
     """Per-user top-K for validation and test by beam search constrained to valid SIDs (prefix trie)."""
+    trained_on = (getattr(generative_recommender, "artifact_extra", None) or {}).get("tokenizer_version")
+    check_same_version(trained_on, sid_version(semantic_ids), "generative_recommender")
     sids = sid_matrix(semantic_ids)
     trie = SIDTrie.from_sids(sids)
     item_ids = semantic_ids.sort_values("item_idx")["item_id"].to_numpy()

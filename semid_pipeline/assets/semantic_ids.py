@@ -4,20 +4,30 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-import torch
-from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetExecutionContext, Config, Output, asset
+from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, Config, Output, asset
 
 from semid_pipeline.assets.tokenizer import embedding_matrix
-from semid_pipeline.core.tokenizers.collisions import append_dedup_token, codebook_stats, collided_mask, collision_rate, sid_strings
+from semid_pipeline.core.storage import read_table, table_path
+from semid_pipeline.core.tokenizers.assign import assign_frozen, assign_full, encode_catalog
+from semid_pipeline.core.tokenizers.collisions import codebook_stats, collision_rate
+from semid_pipeline.core.tokenizers.versioning import model_version
 from semid_pipeline.metadata import bar_plots, md_table
 from semid_pipeline.partitions import dataset_partitions
+from semid_pipeline.resources import StorageResource
 
 
 class SemanticIdConfig(Config):
-    collision_strategy: Literal["append_token"] = "append_token"
-    """How colliding items are made unique: TIGER's appended de-duplication token."""
+    mode: Literal["full", "frozen"] = "full"
+    """``full``: every catalog item is assigned from scratch by the current tokenizer. ``frozen``:
+    items of the previous assignment keep their SIDs and only new catalog items are encoded,
+    their collisions resolved against the SIDs already handed out (``core/tokenizers/assign.py``);
+    needs the tokenizer that made the previous assignment."""
+    collision_strategy: Literal["append_token", "sinkhorn"] = "append_token"
+    """How colliding items are made unique: ``append_token`` (TIGER's appended de-duplication token,
+    SIDs of length L+1) or ``sinkhorn`` (CAT-ID2/LETTER balanced-OT re-assignment of the last level,
+    no extra token: SIDs of length L); see ``core/tokenizers/collisions.py:resolve_collisions``."""
     max_collision_rate: float = 0.5
-    """Ceiling for the pre-resolution collision rate; above it the check fails (severity WARN)."""
+    """Ceiling for the pre-resolution collision rate; above it the blocking check fails and downstream training does not run."""
     batch_size: int = 8192
 
 
@@ -26,29 +36,31 @@ class SemanticIdConfig(Config):
     group_name="tokenizer",
     io_manager_key="table_io",
     check_specs=[
-        AssetCheckSpec("every_item_has_sid", asset="semantic_ids", description="Each item of the catalog has a full-length SID."),
-        AssetCheckSpec("sids_unique", asset="semantic_ids", description="No two items share a SID after collision resolution."),
-        AssetCheckSpec("collision_rate", asset="semantic_ids", description="Pre-resolution collision rate under the configured ceiling."),
+        AssetCheckSpec("every_item_has_sid", asset="semantic_ids", blocking=True, description="Each item of the catalog has a full-length SID."),
+        AssetCheckSpec("sids_unique", asset="semantic_ids", blocking=True, description="No two items share a SID after collision resolution."),
+        AssetCheckSpec("collision_rate", asset="semantic_ids", blocking=True, description="Pre-resolution collision rate under the configured ceiling."),
     ],
 )
-def semantic_ids(context: AssetExecutionContext, config: SemanticIdConfig, sid_tokenizer, item_text_embeddings: pd.DataFrame):
-    """Each item's codes from the frozen tokenizer, plus the appended token that makes SIDs unique."""
-    x = embedding_matrix(item_text_embeddings)
-    codes = sid_tokenizer.encode(torch.from_numpy(x), batch_size=config.batch_size).numpy().astype(np.int64)
+def semantic_ids(
+    context: AssetExecutionContext, config: SemanticIdConfig, sid_tokenizer, catalog_item_embeddings: pd.DataFrame, storage: StorageResource
+):
+    """Each catalog item's codes from the tokenizer, made unique by the collision strategy; in
+    ``frozen`` mode items that already had a SID keep it. ``tokenizer_version`` names the tokenizer."""
+    emb = catalog_item_embeddings.sort_values("item_idx")
+    x = embedding_matrix(emb)
+    codes, last_distances = encode_catalog(sid_tokenizer, x, config.batch_size, last_distances=config.collision_strategy != "append_token")
+    version = model_version(sid_tokenizer)
+    idx, ids = emb["item_idx"].to_numpy(np.int64), emb["item_id"].astype(str).to_numpy()
+    previous = _previous_assignment(storage.data_dir, context.partition_key, version) if config.mode == "frozen" else None
+    if previous is None:
+        df = assign_full(idx, ids, codes, last_distances, strategy=config.collision_strategy)
+    else:
+        df = assign_frozen(previous, idx, ids, codes, last_distances, strategy=config.collision_strategy)
+    df["tokenizer_version"] = version
+    codes = np.stack(df["codes"].to_numpy()).astype(np.int64)
+    sids = np.stack(df["sid"].to_numpy()).astype(np.int64)
+    dedup = df["dedup"].to_numpy(np.int64)
     rate_before = collision_rate(codes)
-    sids, dedup = append_dedup_token(codes)
-    collided = collided_mask(codes)
-    df = pd.DataFrame(
-        {
-            "item_idx": np.arange(len(codes), dtype=np.int64),
-            "item_id": item_text_embeddings.sort_values("item_idx")["item_id"].to_numpy(),
-            "codes": list(codes),
-            "dedup": dedup.astype(np.int64),
-            "sid": list(sids.astype(np.int64)),
-            "sid_str": sid_strings(sids),
-            "collided": collided,
-        }
-    )
     rate_after = collision_rate(sids)
     stats = codebook_stats(codes, sid_tokenizer.codebook_size)
     usage = {f"level {i + 1}": np.bincount(codes[:, i], minlength=sid_tokenizer.codebook_size).tolist() for i in range(codes.shape[1])}
@@ -59,15 +71,34 @@ def semantic_ids(context: AssetExecutionContext, config: SemanticIdConfig, sid_t
             "collision_rate_before": float(rate_before),
             "collision_rate_after": float(rate_after),
             "max_dedup_token": int(dedup.max(initial=0)),
+            "tokenizer_version": version,
+            "mode": config.mode if previous is not None else "full",
+            "n_new": int((df["status"] == "new").sum()),
+            "n_kept": int((df["status"] == "kept").sum()),
             "codebook_stats": md_table(pd.DataFrame(stats)),
             "code_usage": bar_plots(usage, "Items per code, each level"),
         },
     )
-    yield AssetCheckResult(check_name="every_item_has_sid", passed=bool(len(df) == len(x) and (sids >= 0).all()), metadata={"n_items": len(df)})
+    complete = len(df) == len(ids) and set(df["item_id"]) == set(ids) and bool((sids >= 0).all())
+    yield AssetCheckResult(check_name="every_item_has_sid", passed=bool(complete), metadata={"n_items": len(df)})
     yield AssetCheckResult(check_name="sids_unique", passed=bool(rate_after == 0.0), metadata={"collision_rate_after": float(rate_after)})
     yield AssetCheckResult(
         check_name="collision_rate",
         passed=bool(rate_before <= config.max_collision_rate),
-        severity=AssetCheckSeverity.WARN,
         metadata={"collision_rate_before": float(rate_before), "ceiling": config.max_collision_rate},
     )
+
+
+def _previous_assignment(data_dir: str, dataset: str, version: str):
+    """The last ``semantic_ids`` table of ``dataset`` (None before the first one), which must come
+    from tokenizer ``version``: frozen SIDs are only meaningful under the tokenizer that made them."""
+    if not table_path(data_dir, "semantic_ids", dataset).exists():
+        return None
+    previous = read_table(data_dir, "semantic_ids", dataset)
+    made_by = set(previous["tokenizer_version"].unique()) if "tokenizer_version" in previous else set()
+    if made_by and made_by != {version}:
+        raise ValueError(
+            f"semantic_ids mode 'frozen' needs the tokenizer that made the previous assignment ({sorted(made_by)}), "
+            f"but sid_tokenizer is now {version}: re-assign with mode 'full' after retraining the tokenizer"
+        )
+    return previous

@@ -1,0 +1,99 @@
+"""Incoming item files of a living catalog: ``<data_dir>/incoming/<dataset>/*.jsonl``.
+
+Each line is one item in the RawDataset item schema (``core/data/schema.py``)::
+
+    {"item_id": "B00NEW1", "title": "Rose lip balm", "brand": "Acme",
+     "categories": ["Makeup", "Lips"], "description": "...", "image": null}
+
+``item_id`` and ``title`` are required; ``brand``, ``description``, ``image`` may be missing or
+null; ``categories`` may be missing (empty path). Unknown keys are refused, so a typo does not
+silently drop a field. Files are read in name order and a later line for the same ``item_id``
+replaces an earlier one (a "changed" item); blank lines are skipped. Any bad line raises
+:class:`~semid_pipeline.core.errors.InputError` naming the file and the 1-based line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import pandas as pd
+
+from semid_pipeline.core.data.schema import ITEM_COLUMNS
+from semid_pipeline.core.errors import InputError
+
+INCOMING_COLUMNS: tuple[str, ...] = (*ITEM_COLUMNS, "source")
+_OPTIONAL = ("brand", "description", "image")
+
+
+def incoming_dir(data_dir: str | os.PathLike, dataset: str) -> Path:
+    return Path(data_dir) / "incoming" / dataset
+
+
+def list_incoming(directory: str | os.PathLike) -> List[Tuple[str, int, int]]:
+    """``(file name, mtime_ns, size)`` of every ``*.jsonl`` file, by name (empty when the folder is missing)."""
+    root = Path(directory)
+    if not root.is_dir():
+        return []
+    out = []
+    for p in sorted(root.glob("*.jsonl")):
+        st = p.stat()
+        out.append((p.name, int(st.st_mtime_ns), int(st.st_size)))
+    return out
+
+
+def fingerprint(files: List[Tuple[str, int, int]]) -> str:
+    """A short hash of a file listing: changes when a file is added, removed, rewritten or touched."""
+    return hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
+
+
+def _parse_line(path: Path, lineno: int, line: str) -> Dict[str, object]:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise InputError(path, lineno, f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(row, dict):
+        raise InputError(path, lineno, f"expected a JSON object per line, got {type(row).__name__}")
+    unknown = sorted(set(row) - set(ITEM_COLUMNS))
+    if unknown:
+        raise InputError(path, lineno, f"unknown keys {unknown}; allowed: {list(ITEM_COLUMNS)}")
+    for key in ("item_id", "title"):
+        if not isinstance(row.get(key), str) or not row[key].strip():
+            raise InputError(path, lineno, f"{key!r} must be a non-empty string, got {row.get(key)!r}")
+    for key in _OPTIONAL:
+        if row.get(key) is not None and not isinstance(row[key], str):
+            raise InputError(path, lineno, f"{key!r} must be a string or null, got {type(row[key]).__name__}")
+    cats = row.get("categories")
+    if cats is None:
+        cats = []
+    if not isinstance(cats, list) or not all(isinstance(c, str) for c in cats):
+        raise InputError(path, lineno, f"'categories' must be a list of strings, got {cats!r}")
+    return {
+        "item_id": row["item_id"].strip(),
+        "title": row["title"],
+        "brand": row.get("brand"),
+        "categories": list(cats),
+        "description": row.get("description"),
+        "image": row.get("image"),
+        "source": f"{path.name}:{lineno}",
+    }
+
+
+def load_incoming_items(directory: str | os.PathLike) -> pd.DataFrame:
+    """Every item of every incoming file (columns ``INCOMING_COLUMNS``), one row per ``item_id``
+    (the last occurrence wins), sorted by ``item_id``. Empty frame when there is nothing."""
+    rows: Dict[str, Dict[str, object]] = {}
+    root = Path(directory)
+    for name, _, _ in list_incoming(root):
+        path = root / name
+        with path.open(encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                row = _parse_line(path, lineno, line)
+                rows[row["item_id"]] = row
+    df = pd.DataFrame([rows[k] for k in sorted(rows)], columns=list(INCOMING_COLUMNS))
+    return df.astype({"item_id": object, "title": object, "source": object})

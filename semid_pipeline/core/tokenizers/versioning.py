@@ -1,0 +1,269 @@
+"""Versioned semantic-ID assignments: tokenizer version ids, the ``sid_versions`` table, diffs.
+
+A living catalog is re-tokenized again and again, so every assignment is kept:
+
+- The **tokenizer version** is a content hash of the saved tokenizer, ``tok-<16 hex>`` = SHA-256 of
+  its artifact config (canonical JSON) and every tensor (name, dtype, shape, raw bytes, in name
+  order). Same weights + config -> same id, on any machine, also after save and reload; it does
+  not depend on the run, the time or the file path.
+- The **assignment id** names one assignment made with a tokenizer version: ``<tokenizer
+  version>/a-<12 hex>``, the hash of the sorted ``(item_id, sid)`` pairs. A frozen re-tokenization
+  that adds items keeps the tokenizer version but gets a new assignment id, so "what changed"
+  between two assignments of one tokenizer is answerable too.
+- ``sid_versions`` (one row per item per assignment): ``assignment_id, tokenizer_version,
+  item_id, item_idx, codes, sid, sid_str, mode ('full'|'frozen'), assigned_at`` (UTC ISO time).
+  Re-running the same assignment replaces its rows rather than duplicating them.
+
+:func:`diff_versions` compares two assignments (or tokenizer versions, meaning their latest
+assignment): items added, removed, moved (same item, different SID), unchanged, and each side's
+pre-resolution collision rate and codebook use. ``python -m semid_pipeline.core.tokenizers.versioning``
+prints the versions and diffs from the Parquet table (the DuckDB view ``sid_versions`` reads the same file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Dict, List, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+
+from semid_pipeline.core.tokenizers.collisions import collision_rate
+
+SID_VERSION_COLUMNS: tuple[str, ...] = (
+    "assignment_id",
+    "tokenizer_version",
+    "item_id",
+    "item_idx",
+    "codes",
+    "sid",
+    "sid_str",
+    "mode",
+    "assigned_at",
+)
+
+
+class VersionMismatchError(RuntimeError):
+    """A model trained on one tokenizer version is asked to decode SIDs of another."""
+
+
+def tokenizer_version(config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> str:
+    """Content hash of a tokenizer: ``tok-`` + the first 16 hex digits of SHA-256 over config + tensors.
+
+    Pass ``model.artifact_config()`` and ``model.artifact_tensors()``; tensors are hashed on the
+    CPU in their stored dtype, so a reloaded model hashes to the same id.
+    """
+    h = hashlib.sha256()
+    h.update(json.dumps(dict(config), sort_keys=True, separators=(",", ":"), default=_json_default).encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"\n{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return "tok-" + h.hexdigest()[:16]
+
+
+def model_version(model: Any) -> str:
+    """:func:`tokenizer_version` of an :class:`~semid_pipeline.core.artifacts.Artifact` tokenizer."""
+    return tokenizer_version(model.artifact_config(), model.artifact_tensors())
+
+
+def assignment_id(tok_version: str, item_ids: Any, sid_strs: Any) -> str:
+    """``<tok_version>/a-<12 hex>``: hash of the sorted ``(item_id, sid_str)`` pairs (order-free)."""
+    pairs = sorted(zip(map(str, item_ids), map(str, sid_strs)))
+    h = hashlib.sha256("\n".join(f"{i}\t{s}" for i, s in pairs).encode()).hexdigest()[:12]
+    return f"{tok_version}/a-{h}"
+
+
+def version_rows(assignment: pd.DataFrame, tok_version: str, mode: str, assigned_at: str | None = None) -> pd.DataFrame:
+    """The ``sid_versions`` rows of one assignment (a ``semantic_ids`` table: item_idx, item_id, codes, sid, sid_str)."""
+    if mode not in ("full", "frozen"):
+        raise ValueError(f"mode must be 'full' or 'frozen', got {mode!r}")
+    df = assignment.sort_values("item_idx")
+    aid = assignment_id(tok_version, df["item_id"], df["sid_str"])
+    stamp = assigned_at or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return pd.DataFrame(
+        {
+            "assignment_id": aid,
+            "tokenizer_version": tok_version,
+            "item_id": df["item_id"].astype(str).to_numpy(),
+            "item_idx": df["item_idx"].to_numpy(np.int64),
+            "codes": [np.asarray(c, dtype=np.int64) for c in df["codes"]],
+            "sid": [np.asarray(s, dtype=np.int64) for s in df["sid"]],
+            "sid_str": df["sid_str"].astype(str).to_numpy(),
+            "mode": mode,
+            "assigned_at": stamp,
+        },
+        columns=list(SID_VERSION_COLUMNS),
+    )
+
+
+def append_versions(table: pd.DataFrame | None, rows: pd.DataFrame) -> pd.DataFrame:
+    """``table`` plus ``rows``; an assignment already in ``table`` keeps its first rows (idempotent).
+
+    Re-materializing an unchanged assignment therefore does not add a duplicate version, and its
+    original ``assigned_at`` is kept.
+    """
+    if table is None or table.empty:
+        return rows.reset_index(drop=True)
+    new_ids = set(rows["assignment_id"].unique()) - set(table["assignment_id"].unique())
+    add = rows[rows["assignment_id"].isin(new_ids)]
+    return pd.concat([table, add], ignore_index=True) if len(add) else table.reset_index(drop=True)
+
+
+def list_versions(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per assignment, oldest first: id, tokenizer version, mode, time, item count."""
+    if table.empty:
+        return pd.DataFrame(columns=["assignment_id", "tokenizer_version", "mode", "assigned_at", "n_items"])
+    first = table.reset_index(drop=True).reset_index().groupby("assignment_id", sort=False)
+    out = first.agg(
+        tokenizer_version=("tokenizer_version", "first"),
+        mode=("mode", "first"),
+        assigned_at=("assigned_at", "first"),
+        n_items=("item_id", "size"),
+        order=("index", "min"),
+    )
+    return out.sort_values("order").drop(columns="order").reset_index()
+
+
+def resolve_version(table: pd.DataFrame, version: str) -> str:
+    """An assignment id for ``version``: an assignment id as is, a tokenizer version -> its latest
+    assignment, ``"latest"`` / ``"previous"`` -> the last / second-to-last assignment."""
+    versions = list_versions(table)
+    ids = versions["assignment_id"].tolist()
+    if not ids:
+        raise KeyError("sid_versions is empty: no assignment has been recorded yet")
+    if version == "latest":
+        return ids[-1]
+    if version == "previous":
+        if len(ids) < 2:
+            raise KeyError("only one assignment recorded; there is no previous one")
+        return ids[-2]
+    if version in ids:
+        return version
+    by_tok = versions[versions["tokenizer_version"] == version]["assignment_id"].tolist()
+    if by_tok:
+        return by_tok[-1]
+    raise KeyError(f"unknown version {version!r}; known assignments: {ids}")
+
+
+@dataclass
+class VersionDiff:
+    """What changed from assignment ``a`` to assignment ``b`` (item ids sorted)."""
+
+    a: str
+    b: str
+    added: List[str] = field(default_factory=list)
+    removed: List[str] = field(default_factory=list)
+    moved: List[str] = field(default_factory=list)
+    n_unchanged: int = 0
+    collision_rate_a: float = 0.0
+    collision_rate_b: float = 0.0
+    codebook_use_a: List[Dict[str, Any]] = field(default_factory=list)
+    codebook_use_b: List[Dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> Dict[str, Any]:
+        """Counts and rates (no item lists): for logs and asset metadata."""
+        return {
+            "a": self.a,
+            "b": self.b,
+            "n_added": len(self.added),
+            "n_removed": len(self.removed),
+            "n_moved": len(self.moved),
+            "n_unchanged": self.n_unchanged,
+            "collision_rate_a": self.collision_rate_a,
+            "collision_rate_b": self.collision_rate_b,
+        }
+
+
+def _codebook_use(codes: np.ndarray) -> List[Dict[str, Any]]:
+    """Per level: distinct codes used and the perplexity ``exp(H)`` of their use."""
+    out = []
+    for level in range(codes.shape[1] if codes.ndim == 2 else 0):
+        _, counts = np.unique(codes[:, level], return_counts=True)
+        p = counts / counts.sum()
+        out.append({"level": level, "used_codes": int(len(counts)), "perplexity": float(np.exp(-(p * np.log(p)).sum()))})
+    return out
+
+
+def _codes(df: pd.DataFrame) -> np.ndarray:
+    return np.stack(df["codes"].to_numpy()).astype(np.int64) if len(df) else np.zeros((0, 0), dtype=np.int64)
+
+
+def diff_versions(table: pd.DataFrame, a: str, b: str) -> VersionDiff:
+    """Compares two recorded assignments of ``table`` (``sid_versions`` rows).
+
+    ``a`` / ``b``: assignment ids, tokenizer versions (their latest assignment), or
+    ``"previous"`` / ``"latest"``. *Moved* means the item is in both and its full SID differs.
+    Collision rates are of the tokenizer's codes before resolution; codebook use per level.
+    """
+    a_id, b_id = resolve_version(table, a), resolve_version(table, b)
+    ta = table[table["assignment_id"] == a_id].set_index("item_id")
+    tb = table[table["assignment_id"] == b_id].set_index("item_id")
+    common = ta.index.intersection(tb.index)
+    moved = common[ta.loc[common, "sid_str"].to_numpy() != tb.loc[common, "sid_str"].to_numpy()]
+    ca, cb = _codes(ta), _codes(tb)
+    return VersionDiff(
+        a=a_id,
+        b=b_id,
+        added=sorted(tb.index.difference(ta.index).astype(str)),
+        removed=sorted(ta.index.difference(tb.index).astype(str)),
+        moved=sorted(moved.astype(str)),
+        n_unchanged=int(len(common) - len(moved)),
+        collision_rate_a=collision_rate(ca) if len(ta) else 0.0,
+        collision_rate_b=collision_rate(cb) if len(tb) else 0.0,
+        codebook_use_a=_codebook_use(ca),
+        codebook_use_b=_codebook_use(cb),
+    )
+
+
+def check_same_version(trained_on: str | None, current: str | None, what: str = "model") -> None:
+    """Raises :class:`VersionMismatchError` unless ``trained_on == current``.
+
+    ``None`` on either side means "not recorded" and is refused as well when the other side is
+    known: a model whose tokenizer version is unknown cannot be shown to match the catalog's SIDs.
+    """
+    if trained_on is None and current is None:
+        return
+    if trained_on != current:
+        raise VersionMismatchError(
+            f"{what} was trained on SIDs of tokenizer version {trained_on!r}, but the current semantic_ids "
+            f"come from tokenizer version {current!r}; its token ids would decode to the wrong items. "
+            "Re-train it on the current semantic_ids (materialize generative_recommender) first."
+        )
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if hasattr(o, "model_dump"):
+        return o.model_dump()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def main(argv: List[str] | None = None) -> int:  # pragma: no cover - thin CLI over the functions above
+    from semid_pipeline.core.storage import read_table
+    from semid_pipeline.paths import default_data_dir
+
+    parser = argparse.ArgumentParser(description="List SID assignments of a dataset, or diff two of them.")
+    parser.add_argument("--data-dir", default=default_data_dir())
+    parser.add_argument("--dataset", default="demo")
+    parser.add_argument("a", nargs="?", help="assignment id, tokenizer version, 'previous' or 'latest'")
+    parser.add_argument("b", nargs="?", default="latest")
+    args = parser.parse_args(argv)
+    table = read_table(args.data_dir, "sid_versions", args.dataset)
+    if args.a is None:
+        print(list_versions(table).to_string(index=False))
+        return 0
+    diff = diff_versions(table, args.a, args.b)
+    print(json.dumps({**diff.summary(), "added": diff.added, "removed": diff.removed, "moved": diff.moved,
+                      "codebook_use_a": diff.codebook_use_a, "codebook_use_b": diff.codebook_use_b}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

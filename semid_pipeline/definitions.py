@@ -10,6 +10,7 @@ from semid_pipeline.assets import (
     catalog,
     embeddings,
     evaluation,
+    explanations,
     ingestion,
     preprocessing,
     recommender,
@@ -24,7 +25,7 @@ from semid_pipeline.paths import default_data_dir, default_shared_dir
 from semid_pipeline.resources import DatasetsResource, LLMResource, StorageResource, TextEncoderResource
 from semid_pipeline.sensors import incoming_items_sensor
 
-ASSET_MODULES = [ingestion, preprocessing, tags, captions, embeddings, tokenizer, semantic_ids, recommender, baselines, evaluation, catalog, sid_versions]
+ASSET_MODULES = [ingestion, preprocessing, tags, captions, embeddings, tokenizer, semantic_ids, recommender, baselines, evaluation, explanations, catalog, sid_versions]
 
 
 def build_resources(data_dir: str | None = None, datasets_options_json: str | None = None) -> dict:

@@ -59,6 +59,7 @@ from pydantic import BaseModel, Field
 from torch import nn
 
 from semid_pipeline.core.artifacts import Artifact, register_artifact
+from semid_pipeline.core.recommender.hierarchy import LevelTags
 from semid_pipeline.core.recommender.data import IGNORE_LABEL, PAD_ITEM, USER_ITEM, SIDBatch
 from semid_pipeline.core.recommender.vocab import SIDVocab
 
@@ -82,6 +83,13 @@ class RecommenderParams(BaseModel):
         description="Share the token embedding with the output head (as T5, which TIGER uses). A code seen in the "
         "history is then directly scorable as output, which makes the model learn from far fewer steps.",
     )
+    embedding: Literal["standard", "hierarchy"] = Field(
+        "standard",
+        description="standard: learned token + token-type embedding (TIGER); hierarchy: HiD-VAE Sec. 3.7 hierarchy-aware "
+        "embedding, Linear(concat(ID emb, level-type emb, frozen sentence embedding of the code's tag)) -> d_model.",
+    )
+    d_id_embedding: int = Field(128, ge=1, description="hierarchy embedding: width of the learned ID embedding.")
+    d_type_embedding: int = Field(32, ge=1, description="hierarchy embedding: width of the level-type embedding.")
     encoder_mask: Literal["causal_items", "bidirectional"] = Field(
         "causal_items",
         description="causal_items: a history item's tokens attend to the user token and earlier items (required by "
@@ -105,6 +113,48 @@ class TokenEmbedding(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.tokens(tokens) + self.types(self.type_of_token[tokens])
+
+
+class HierarchicalTokenEmbedding(nn.Module):
+    """HiD-VAE Sec. 3.7 hierarchy-aware semantic embedding: ``forward(tokens [B, L]) -> [B, L, d_model]``.
+
+    Token ``v``'s vector is ``proj(concat(ids[v], types[type(v)], tag[v]))`` where ``tag[v]`` is the
+    frozen sentence embedding of the tag text of ``v``'s ``(level, code)`` (see
+    ``hierarchy.build_level_tags``), or one learned ``no_tag`` vector for tokens without a tag (special
+    tokens, user tokens, the de-duplication level, unused codes). :meth:`table` gives all
+    ``vocab_size`` vectors at once; the tied output head scores against that table.
+    """
+
+    def __init__(self, vocab: SIDVocab, d_model: int, d_id: int, d_type: int, tag_table: torch.Tensor, has_tag: torch.Tensor):
+        super().__init__()
+        if tag_table.shape[0] != vocab.vocab_size or has_tag.shape != (vocab.vocab_size,):
+            raise ValueError(f"tag table {tuple(tag_table.shape)} / has_tag {tuple(has_tag.shape)} do not match vocab size {vocab.vocab_size}")
+        self.ids = nn.Embedding(vocab.vocab_size, d_id)
+        self.types = nn.Embedding(vocab.n_types, d_type)
+        self.register_buffer("tag_table", tag_table.float().clone())  # persistent: saved with the model
+        self.register_buffer("has_tag", has_tag.bool().clone())
+        self.no_tag = nn.Parameter(torch.zeros(tag_table.shape[1]))
+        self.proj = nn.Linear(d_id + d_type + tag_table.shape[1], d_model)
+        self.register_buffer("type_of_token", torch.from_numpy(vocab.token_types()), persistent=False)
+
+    def table(self) -> torch.Tensor:
+        """``[vocab_size, d_model]`` embedding of every token."""
+        tag = torch.where(self.has_tag[:, None], self.tag_table, self.no_tag.to(self.tag_table.dtype))
+        return self.proj(torch.cat([self.ids.weight, self.types(self.type_of_token), tag], dim=-1))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.embedding(tokens, self.table())
+
+
+class TiedHead(nn.Module):
+    """Output head tied to a :class:`HierarchicalTokenEmbedding`: logits = ``x @ table().T``."""
+
+    def __init__(self, embed: HierarchicalTokenEmbedding):
+        super().__init__()
+        self._embed = [embed]  # a plain list: not a submodule, so its weights are not registered twice
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self._embed[0].table())
 
 
 class Attention(nn.Module):
@@ -232,13 +282,28 @@ class GenerativeRecommender(nn.Module, Artifact):
 
     KIND = "tiger"
 
-    def __init__(self, params: RecommenderParams, vocab: SIDVocab):
+    def __init__(
+        self,
+        params: RecommenderParams,
+        vocab: SIDVocab,
+        tag_table: Optional[torch.Tensor] = None,
+        has_tag: Optional[torch.Tensor] = None,
+        level_tags: Optional[LevelTags] = None,
+    ):
+        """``tag_table [vocab_size, d_text]`` / ``has_tag [vocab_size]`` (``hierarchy.tag_embedding_table``)
+        are required for ``params.embedding == 'hierarchy'``; ``level_tags`` (the text map) is kept in
+        the saved config so a reloaded model can explain its SIDs."""
         super().__init__()
         if params.n_user_buckets != vocab.n_user_buckets:
             raise ValueError(f"params.n_user_buckets={params.n_user_buckets} but vocab has {vocab.n_user_buckets}")
-        self.params, self.vocab = params, vocab
+        self.params, self.vocab, self.level_tags = params, vocab, level_tags
         p = params
-        self.embed = TokenEmbedding(vocab, p.d_model)
+        if p.embedding == "hierarchy":
+            if tag_table is None or has_tag is None:
+                raise ValueError("embedding='hierarchy' needs the tag embedding table (build it with hierarchy.tag_embedding_table)")
+            self.embed = HierarchicalTokenEmbedding(vocab, p.d_model, p.d_id_embedding, p.d_type_embedding, torch.as_tensor(tag_table), torch.as_tensor(has_tag))
+        else:
+            self.embed = TokenEmbedding(vocab, p.d_model)
         self.embed_drop = nn.Dropout(p.dropout)
         self.encoder_layers = nn.ModuleList(EncoderLayer(p) for _ in range(p.n_encoder_layers))
         self.encoder_norm = nn.LayerNorm(p.d_model)
@@ -246,9 +311,12 @@ class GenerativeRecommender(nn.Module, Artifact):
         self.cross_rel = RelativeItemBias(p.max_history_items, p.n_heads)
         self.decoder_layers = nn.ModuleList(DecoderLayer(p) for _ in range(p.n_decoder_layers))
         self.decoder_norm = nn.LayerNorm(p.d_model)
-        self.head = nn.Linear(p.d_model, vocab.vocab_size, bias=False)
+        if p.embedding == "hierarchy" and p.tie_embeddings:
+            self.head: nn.Module = TiedHead(self.embed)
+        else:
+            self.head = nn.Linear(p.d_model, vocab.vocab_size, bias=False)
         self.apply(self._init_weights)
-        if p.tie_embeddings:
+        if p.tie_embeddings and p.embedding == "standard":
             self.head.weight = self.embed.tokens.weight
 
     @staticmethod
@@ -260,7 +328,7 @@ class GenerativeRecommender(nn.Module, Artifact):
 
     @property
     def device(self) -> torch.device:
-        return self.head.weight.device
+        return self.decoder_norm.weight.device
 
     # ------------------------------------------------------------------------- masks and biases
     def encoder_bias(self, enc_item: torch.Tensor) -> torch.Tensor:
@@ -357,19 +425,26 @@ class GenerativeRecommender(nn.Module, Artifact):
 
     # -------------------------------------------------------------------------------- artifact
     def artifact_config(self) -> Dict[str, Any]:
-        return {"params": self.params.model_dump(), "vocab": self.vocab.to_dict()}
+        config = {"params": self.params.model_dump(), "vocab": self.vocab.to_dict()}
+        if self.level_tags is not None:
+            config["level_tags"] = self.level_tags.to_dict()
+        return config
 
     def artifact_tensors(self) -> Dict[str, torch.Tensor]:
         tensors = dict(self.state_dict())
-        if self.params.tie_embeddings:  # safetensors stores each tensor once; the tie is rebuilt on load
+        if "head.weight" in tensors and self.params.tie_embeddings:  # stored once; the tie is rebuilt on load
             tensors.pop("head.weight")
         return tensors
 
     @classmethod
     def from_artifact(cls, config: Dict[str, Any], tensors: Dict[str, torch.Tensor]) -> "GenerativeRecommender":
-        model = cls(RecommenderParams(**config["params"]), SIDVocab.from_dict(config["vocab"]))
+        params = RecommenderParams(**config["params"])
+        level_tags = LevelTags.from_dict(config["level_tags"]) if config.get("level_tags") else None
+        tag_table = tensors.get("embed.tag_table") if params.embedding == "hierarchy" else None
+        has_tag = tensors.get("embed.has_tag") if params.embedding == "hierarchy" else None
+        model = cls(params, SIDVocab.from_dict(config["vocab"]), tag_table, has_tag, level_tags)
         tensors = dict(tensors)
-        if model.params.tie_embeddings:
+        if params.tie_embeddings and params.embedding == "standard":
             tensors["head.weight"] = tensors["embed.tokens.weight"]
         model.load_state_dict(tensors, strict=True)
         return model.eval()

@@ -30,6 +30,7 @@ from semid_pipeline.core.metrics import ndcg_at_k, recall_at_k
 from semid_pipeline.core.progress import ProgressFn, Throttle
 from semid_pipeline.core.recommender.beam import constrained_beam_search
 from semid_pipeline.core.recommender.data import LengthBucketSampler, build_inference_rows, build_training_rows, sorted_batches
+from semid_pipeline.core.recommender.hierarchy import HierarchyInputs, tag_embedding_table
 from semid_pipeline.core.recommender.model import GenerativeRecommender, RecommenderParams
 from semid_pipeline.core.recommender.trie import SIDTrie
 from semid_pipeline.core.recommender.vocab import SIDVocab
@@ -146,6 +147,20 @@ def recommend(
     return items, scores
 
 
+def build_model(mp: RecommenderParams, vocab: SIDVocab, hierarchy: Optional[HierarchyInputs] = None) -> GenerativeRecommender:
+    """A freshly initialised recommender; the hierarchy embedding's tag table is encoded here."""
+    if hierarchy is None:
+        return GenerativeRecommender(mp, vocab)
+    if hierarchy.level_tags.n_levels != vocab.n_levels or any(
+        len(t) != k for t, k in zip(hierarchy.level_tags.texts, vocab.level_sizes)
+    ):
+        raise ValueError("hierarchy.level_tags does not match the SID vocabulary's level sizes")
+    if mp.embedding != "hierarchy":
+        return GenerativeRecommender(mp, vocab, level_tags=hierarchy.level_tags)
+    table, has_tag = tag_embedding_table(hierarchy.level_tags, vocab.level_offsets, vocab.vocab_size, hierarchy.encode)
+    return GenerativeRecommender(mp, vocab, torch.from_numpy(table), torch.from_numpy(has_tag), hierarchy.level_tags)
+
+
 def train_recommender(
     sids: np.ndarray,
     train_histories: Sequence[np.ndarray],
@@ -155,6 +170,7 @@ def train_recommender(
     model_params: RecommenderParams,
     train_params: TrainParams,
     progress: Optional[ProgressFn] = None,
+    hierarchy: Optional[HierarchyInputs] = None,
 ) -> TrainResult:
     """Trains a :class:`GenerativeRecommender` and returns the best checkpoint on validation.
 
@@ -167,8 +183,13 @@ def train_recommender(
         user_ids: int ``[U]`` user indices (same order as the histories).
         model_params, train_params: architecture and optimisation settings.
         progress: optional one-line progress callback (throttled to every ~10 s).
+        hierarchy: the ``(level, code) -> tag`` map and a sentence encoder; required when
+            ``model_params.embedding == 'hierarchy'``; with the standard embedding only the map is
+            kept (saved with the model, for explanations).
     """
     tp, mp = train_params, model_params
+    if mp.embedding == "hierarchy" and hierarchy is None:
+        raise ValueError("embedding='hierarchy' needs hierarchy=HierarchyInputs(level_tags, encode) (item tags)")
     if tp.mode == "per_user" and mp.encoder_mask == "bidirectional":
         raise ValueError("per_user training needs encoder_mask='causal_items'; use mode='per_prefix' for a bidirectional encoder")
     n_users = len(train_histories)
@@ -202,7 +223,7 @@ def train_recommender(
     eval_histories = [valid_histories[u] for u in eval_users]
     eval_targets = np.asarray(valid_targets, dtype=np.int64)[eval_users]
 
-    model = GenerativeRecommender(mp, vocab).to(device)
+    model = build_model(mp, vocab, hierarchy).to(device)
     optimizer = _optimizer(model, tp.lr, tp.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _inverse_sqrt(tp.warmup_steps))
     report(

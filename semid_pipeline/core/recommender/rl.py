@@ -1,0 +1,381 @@
+"""Reinforcement stage after supervised training: GRPO with gated quality rewards (DeepInterestGR, Sec. III-E).
+
+Per query (a user's training history without its last item; the target is that last training
+item, so validation and test items stay unseen) the current policy samples a group of ``G`` SIDs.
+Sampling is *trie-constrained*: at every step the codes with no child under the sampled prefix are
+masked before the softmax, so every sample is a catalogue item. The policy whose log-probabilities
+enter the objective is that masked distribution (temperature 1).
+
+Rewards (Eqs. 11-14; the equations' symbols are not in our copy of the paper, so the forms below
+are our reading of the text, with weights as config):
+
+* exact match ``R_exact = 1[item(y) = target]`` (Eq. 11);
+* SID-format credit ``R_format = w_valid * 1[y in V] + w_prefix * LCP(y, y*) / L`` (Eq. 12, "partial
+  credit when a candidate is syntactically valid or shares a correct prefix"). Under constrained
+  sampling ``1[y in V]`` is always 1, a constant that group normalisation removes; it is kept so the
+  reward matches the paper for unconstrained samples;
+* quality bonus gated by exact decoding ``R_q = 1[item(y) = target] * q(item)`` (Eq. 13), total
+  ``R = R_exact + R_format + lambda * R_q`` (Eq. 14).
+
+Reward variants (Table VI): ``standard`` (exact + format), ``prefix`` (standard plus a dense
+prefix-match term ``w_prefix_match * LCP / L``), ``uniform_bonus`` (``q = 1`` for every item: the
+paper notes it collapses to standard), ``random_labels`` (``q`` a seeded Bernoulli(0.5) label per
+item), ``qarm`` (``q`` = the item's quality score in [0, 1], e.g. the ``item_quality_scores`` asset;
+the variant refuses to run without scores).
+
+Advantages are group-normalised (Eq. 15): ``A_i = (r_i - mean(r)) / (std(r) + eps)`` (population
+std; ``eps`` keeps groups with identical rewards at zero advantage). Objective (Eq. 16, GRPO as in
+DeepSeekMath): per token ``-min(rho * A, clip(rho, 1 - eps_clip, 1 + eps_clip) * A) + beta * KL``
+with ``rho = pi / pi_old`` (``updates_per_batch`` gradient steps per sampled batch; with one, rho = 1
+and the clipped term is the plain policy gradient) and the unbiased KL estimator
+``pi_ref / pi - log(pi_ref / pi) - 1`` against the frozen supervised model; averaged over the ``D``
+tokens, the group and the batch. Dropout is off during RL (policy and reference are compared on
+the same deterministic network).
+
+Model selection: the supervised model is validated as "epoch 0"; after every RL epoch the policy is
+validated with the usual beam search (Recall@10, ties NDCG@10) and the best checkpoint is kept, so
+RL that hurts validation is rolled back (and reported per epoch).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, Field
+
+from semid_pipeline.core.device import configure_threads, resolve_device, seed_everything
+from semid_pipeline.core.metrics import ndcg_at_k, recall_at_k
+from semid_pipeline.core.progress import ProgressFn, Throttle
+from semid_pipeline.core.recommender.data import build_inference_rows
+from semid_pipeline.core.recommender.model import GenerativeRecommender
+from semid_pipeline.core.recommender.train import EVAL_K, _autocast, recommend
+from semid_pipeline.core.recommender.trie import SIDTrie
+from semid_pipeline.core.recommender.vocab import BOS
+from semid_pipeline.core.training import BestCheckpoint
+
+RewardVariant = Literal["standard", "prefix", "uniform_bonus", "random_labels", "qarm"]
+
+
+class GRPOParams(BaseModel):
+    """GRPO stage settings; defaults follow DeepInterestGR Sec. IV (2 epochs, KL 0.001) where given."""
+
+    group_size: int = Field(16, ge=2, description="SIDs sampled per user history (G).")
+    batch_size: int = Field(64, ge=1, description="User histories per GRPO step (each with G samples).")
+    lr: float = Field(1e-4, gt=0, description="AdamW learning rate of the RL stage (constant).")
+    epochs: int = Field(2, ge=1, description="Passes over the RL queries (DeepInterestGR: 2).")
+    kl_beta: float = Field(0.001, ge=0, description="Weight of the KL penalty to the supervised reference policy.")
+    clip_eps: float = Field(0.2, ge=0, description="PPO clip range of the probability ratio.")
+    updates_per_batch: int = Field(1, ge=1, description="Gradient steps per sampled batch (>1 makes the ratio/clip active).")
+    reward: RewardVariant = Field("standard", description="Reward variant (DeepInterestGR Table VI).")
+    w_exact: float = Field(1.0, ge=0, description="Weight of the exact-match reward.")
+    w_valid: float = Field(0.1, ge=0, description="SID-format credit for a valid SID (constant under constrained sampling).")
+    w_prefix: float = Field(0.1, ge=0, description="SID-format credit per matching prefix level: w_prefix * LCP / L.")
+    w_prefix_match: float = Field(0.5, ge=0, description="'prefix' variant: extra dense credit w_prefix_match * LCP / L.")
+    quality_weight: float = Field(0.5, ge=0, description="lambda: weight of the exact-match-gated quality bonus.")
+    adv_eps: float = Field(1e-4, gt=0, description="eps of the group normalisation (reward std + eps).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the group samples.")
+    grad_clip: float = Field(1.0, ge=0, description="Max global gradient norm (0 disables).")
+    max_queries_per_epoch: Optional[int] = Field(None, ge=1, description="Seeded sample of users per epoch (None: all).")
+    max_minutes: Optional[float] = Field(None, gt=0, description="Wall-clock budget; stops after a final validation.")
+    eval_max_users: Optional[int] = Field(None, ge=1, description="Validate on a fixed seeded sample of users (None: all).")
+    eval_beam_size: int = Field(20, ge=10, description="Beam size of the validation beam search.")
+    eval_batch_size: int = Field(512, ge=1, description="Users per validation beam-search batch.")
+    mixed_precision: Literal["auto", "bf16", "off"] = Field("auto", description="As TrainParams.mixed_precision.")
+    seed: int = Field(0, description="Seeds sampling, query order and random labels.")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    num_threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads (None: SEMID_NUM_THREADS or all cores).")
+
+
+# ------------------------------------------------------------------------------------- rewards
+def item_quality(params: GRPOParams, n_items: int, quality_scores: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """The per-item ``q`` of the variant (``None``: the variant has no quality bonus)."""
+    if params.reward in ("standard", "prefix"):
+        return None
+    if params.reward == "uniform_bonus":
+        return np.ones(n_items, dtype=np.float32)
+    if params.reward == "random_labels":
+        return np.random.default_rng(params.seed + 7919).integers(0, 2, n_items).astype(np.float32)
+    if quality_scores is None:
+        raise ValueError(
+            "reward='qarm' needs per-item quality scores (the item_quality_scores asset: item_idx, quality_score); none were given"
+        )
+    q = np.asarray(quality_scores, dtype=np.float32)
+    if q.shape != (n_items,):
+        raise ValueError(f"quality_scores must have one score per item ({n_items}), got shape {q.shape}")
+    if not np.isfinite(q).all() or q.min() < 0 or q.max() > 1:
+        raise ValueError("quality_scores must be finite and lie in [0, 1]")
+    return q
+
+
+def compute_rewards(
+    sampled_sids: torch.Tensor,
+    sampled_items: torch.Tensor,
+    target_sids: torch.Tensor,
+    target_items: torch.Tensor,
+    params: GRPOParams,
+    quality: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Rewards ``[B, G]`` of sampled SIDs ``[B, G, D]`` (``sampled_items`` ``[B, G]``, ``-1`` = invalid SID)
+    against targets (``target_sids [B, D]``, ``target_items [B]``); ``quality [N]`` from :func:`item_quality`."""
+    depth = sampled_sids.shape[-1]
+    valid = sampled_items >= 0
+    exact = (sampled_items == target_items[:, None]) & valid
+    same = (sampled_sids == target_sids[:, None, :]).long()
+    lcp = same.cumprod(dim=-1).sum(dim=-1).float()  # longest common prefix length
+    reward = params.w_exact * exact.float() + params.w_valid * valid.float() + params.w_prefix * lcp / depth
+    if params.reward == "prefix":
+        reward = reward + params.w_prefix_match * lcp / depth
+    if quality is not None:
+        q = quality[sampled_items.clamp(min=0)]
+        reward = reward + params.quality_weight * exact.float() * q  # gated: only an exact target decode earns it
+    return reward
+
+
+def group_advantages(rewards: torch.Tensor, eps: float) -> torch.Tensor:
+    """``(r - mean_G r) / (std_G r + eps)`` over the last (group) dimension."""
+    mean = rewards.mean(dim=-1, keepdim=True)
+    std = rewards.std(dim=-1, unbiased=False, keepdim=True)
+    return (rewards - mean) / (std + eps)
+
+
+# ------------------------------------------------------------------------ sampling and scoring
+@dataclass
+class Samples:
+    """``codes [B, G, D]`` sampled codes, ``items [B, G]`` their items, ``allowed`` per level ``[B, G, K_l]``."""
+
+    codes: torch.Tensor
+    items: torch.Tensor
+    allowed: List[torch.Tensor]
+
+
+@torch.no_grad()
+def sample_sids(
+    model: GenerativeRecommender,
+    enc_tokens: torch.Tensor,
+    enc_item: torch.Tensor,
+    trie: SIDTrie,
+    group_size: int,
+    temperature: float = 1.0,
+    generator: Optional[torch.Generator] = None,
+) -> Samples:
+    """Samples ``group_size`` SIDs per user from the trie-masked policy; every sample is a catalogue item."""
+    vocab = model.vocab
+    n_users = enc_tokens.shape[0]
+    device = enc_tokens.device
+    memory_kv = model.memory_kv(model.encode(enc_tokens, enc_item))
+    memory_mask = model.memory_bias(enc_item)
+    tokens = torch.full((n_users, group_size), BOS, dtype=torch.long, device=device)
+    nodes = torch.zeros(n_users, group_size, dtype=torch.long, device=device)
+    cache = None
+    codes, allowed = [], []
+    for level in range(vocab.n_levels):
+        logits, cache = model.decode_step(tokens, memory_kv, memory_mask, cache)
+        children = trie.child_table(level, nodes)  # [B, G, K]
+        ok = children >= 0
+        level_logits = logits[..., vocab.level_slice(level)].float() / temperature
+        probs = F.softmax(level_logits.masked_fill(~ok, float("-inf")), dim=-1)
+        code = torch.multinomial(probs.flatten(0, 1), 1, generator=generator).view(n_users, group_size)
+        nodes = children.gather(-1, code.unsqueeze(-1)).squeeze(-1).long()
+        codes.append(code)
+        allowed.append(ok)
+        tokens = code + vocab.level_offsets[level]
+    items = trie.leaf_item[nodes.clamp(min=0)].masked_fill(nodes < 0, -1)
+    return Samples(torch.stack(codes, dim=-1), items, allowed)
+
+
+def sequence_log_probs(
+    model: GenerativeRecommender, enc_tokens: torch.Tensor, enc_item: torch.Tensor, samples: Samples
+) -> torch.Tensor:
+    """Per-token log-probabilities ``[B, G, D]`` of ``samples`` under ``model``'s trie-masked policy (with grad)."""
+    vocab = model.vocab
+    n_users, group = samples.items.shape
+    memory_kv = model.memory_kv(model.encode(enc_tokens, enc_item))
+    memory_mask = model.memory_bias(enc_item)
+    tokens = torch.full((n_users, group), BOS, dtype=torch.long, device=enc_tokens.device)
+    cache = None
+    out = []
+    for level in range(vocab.n_levels):
+        logits, cache = model.decode_step(tokens, memory_kv, memory_mask, cache)
+        level_logits = logits[..., vocab.level_slice(level)].float().masked_fill(~samples.allowed[level], float("-inf"))
+        log_probs = F.log_softmax(level_logits, dim=-1)
+        code = samples.codes[..., level]
+        out.append(log_probs.gather(-1, code.unsqueeze(-1)).squeeze(-1))
+        tokens = code + vocab.level_offsets[level]
+    return torch.stack(out, dim=-1)
+
+
+def grpo_loss(
+    log_probs: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    ref_log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_eps: float,
+    kl_beta: float,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GRPO objective (module docstring). Token tensors ``[B, G, D]``, advantages ``[B, G]``.
+    Returns ``(loss, policy term, kl term)``, each a scalar mean over tokens, group and batch."""
+    ratio = torch.exp(log_probs - old_log_probs)
+    adv = advantages.unsqueeze(-1)
+    policy = -torch.minimum(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)
+    log_ref_ratio = ref_log_probs - log_probs
+    kl = torch.exp(log_ref_ratio) - log_ref_ratio - 1
+    policy_term, kl_term = policy.mean(), kl.mean()
+    return policy_term + kl_beta * kl_term, policy_term, kl_term
+
+
+# ----------------------------------------------------------------------------------- training
+def _message(record: Dict[str, Any], best_epoch: int) -> str:
+    msg = f"grpo epoch {record['epoch']}:"
+    if "reward" in record:
+        msg += f" reward {record['reward']:.4f}, exact {record['exact_rate']:.4f}, kl {record['kl']:.5f}, {record['queries_per_s']:.0f} queries/s,"
+    return msg + f" valid recall@10 {record['valid_recall@10']:.4f} ndcg@10 {record['valid_ndcg@10']:.4f} (best epoch {best_epoch})"
+
+@dataclass
+class GRPOResult:
+    """``model``: best policy by validation (epoch 0 = the supervised model). ``history``: one dict per
+    epoch (``epoch, reward, exact_rate, kl, loss, seconds, queries_per_s, valid_recall@10, valid_ndcg@10``)."""
+
+    model: GenerativeRecommender
+    history: List[Dict[str, Any]]
+    best_epoch: int
+
+
+def train_grpo(
+    model: GenerativeRecommender,
+    sids: np.ndarray,
+    train_histories: Sequence[np.ndarray],
+    valid_targets: np.ndarray,
+    user_ids: np.ndarray,
+    params: GRPOParams,
+    quality_scores: Optional[np.ndarray] = None,
+    progress: Optional[ProgressFn] = None,
+) -> GRPOResult:
+    """Fine-tunes a supervised ``model`` (a copy; the input is not modified) with GRPO.
+
+    Args:
+        model: the supervised recommender (also the frozen KL reference).
+        sids: int ``[N, D]`` catalogue SIDs (row = item index).
+        train_histories: per user, the chronological training items; the query is all but the
+            last one, the target the last one (users with fewer than 2 items are skipped).
+        valid_targets: int ``[U]`` validation item per user (history = the full training items).
+        user_ids: int ``[U]`` user indices.
+        params: :class:`GRPOParams`.
+        quality_scores: float ``[N]`` in [0, 1] per item, required by the ``qarm`` variant.
+    """
+    p = params
+    configure_threads(p.num_threads)
+    seed_everything(p.seed)
+    device = resolve_device(p.device)
+    sids = np.asarray(sids, dtype=np.int64)
+    n_items = sids.shape[0]
+    q = item_quality(p, n_items, quality_scores)
+    report = Throttle(progress)
+    started = time.monotonic()
+    deadline = started + p.max_minutes * 60 if p.max_minutes is not None else math.inf
+
+    policy = copy.deepcopy(model).to(device).eval()
+    reference = copy.deepcopy(model).to(device).eval()
+    for t in reference.parameters():
+        t.requires_grad_(False)
+    vocab = policy.vocab
+    trie = SIDTrie.from_sids(sids, vocab.level_sizes).to(device)
+    quality = torch.from_numpy(q).to(device) if q is not None else None
+    item_tokens = vocab.item_tokens(sids)
+    user_ids = np.asarray(user_ids, dtype=np.int64)
+    n_users = len(train_histories)
+
+    queries = np.asarray([u for u in range(n_users) if len(train_histories[u]) >= 2], dtype=np.int64)
+    if len(queries) == 0:
+        raise ValueError("no RL queries: every user has fewer than two training items")
+    query_hist = [np.asarray(train_histories[u][:-1], dtype=np.int64) for u in queries]
+    query_target = np.asarray([train_histories[u][-1] for u in queries], dtype=np.int64)
+    rows = build_inference_rows(query_hist, vocab.user_tokens(user_ids[queries]), item_tokens, policy.params.max_history_items)
+
+    eval_users = np.arange(n_users)
+    if p.eval_max_users is not None and p.eval_max_users < n_users:
+        eval_users = np.sort(np.random.default_rng(p.seed).choice(n_users, p.eval_max_users, replace=False))
+    eval_hist = [np.asarray(train_histories[u], dtype=np.int64) for u in eval_users]
+    eval_targets = np.asarray(valid_targets, dtype=np.int64)[eval_users]
+
+    def validate(record: Dict[str, Any]) -> None:
+        ranked, _ = recommend(policy, trie, eval_hist, user_ids[eval_users], p.eval_beam_size, EVAL_K, p.eval_batch_size)
+        record["valid_recall@10"] = float(recall_at_k(ranked, eval_targets, EVAL_K).mean())
+        record["valid_ndcg@10"] = float(ndcg_at_k(ranked, eval_targets, EVAL_K).mean())
+
+    checkpoint = BestCheckpoint(patience=p.epochs + 1)
+    history: List[Dict[str, Any]] = []
+    start_record: Dict[str, Any] = {"epoch": 0}
+    t0 = time.monotonic()
+    validate(start_record)
+    start_record["seconds"] = time.monotonic() - t0
+    checkpoint.update(policy, (start_record["valid_recall@10"], start_record["valid_ndcg@10"]), 0)
+    history.append(start_record)
+    report(_message(start_record, 0), force=True)
+
+    trainable = [t for t in policy.parameters() if t.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=p.lr, weight_decay=0.0)
+    generator = torch.Generator(device=device).manual_seed(p.seed)
+    rng = np.random.default_rng(p.seed)
+    tq_sids = torch.from_numpy(sids).to(device)
+    for epoch in range(1, p.epochs + 1):
+        epoch_start = time.monotonic()
+        order = rng.permutation(len(queries))
+        if p.max_queries_per_epoch is not None:
+            order = order[: p.max_queries_per_epoch]
+        sums = {"reward": 0.0, "exact_rate": 0.0, "kl": 0.0, "loss": 0.0}
+        n_steps = n_queries = 0
+        out_of_time = False
+        for lo in range(0, len(order), p.batch_size):
+            idx = order[lo : lo + p.batch_size]
+            batch = rows.batch(idx).to(device)
+            target_items = torch.from_numpy(query_target[idx]).to(device)
+            with torch.no_grad(), _autocast(device, p.mixed_precision):
+                samples = sample_sids(policy, batch.enc_tokens, batch.enc_item, trie, p.group_size, p.temperature, generator)
+                rewards = compute_rewards(samples.codes, samples.items, tq_sids[target_items], target_items, p, quality)
+                advantages = group_advantages(rewards, p.adv_eps)
+                old = sequence_log_probs(policy, batch.enc_tokens, batch.enc_item, samples)
+                ref = sequence_log_probs(reference, batch.enc_tokens, batch.enc_item, samples)
+            for _ in range(p.updates_per_batch):
+                with _autocast(device, p.mixed_precision):
+                    log_probs = sequence_log_probs(policy, batch.enc_tokens, batch.enc_item, samples)
+                    loss, _, kl = grpo_loss(log_probs, old, ref, advantages, p.clip_eps, p.kl_beta)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if p.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(trainable, p.grad_clip)
+                optimizer.step()
+            sums["reward"] += float(rewards.mean())
+            sums["exact_rate"] += float((samples.items == target_items[:, None]).float().mean())
+            sums["kl"] += float(kl.detach())
+            sums["loss"] += float(loss.detach())
+            n_steps += 1
+            n_queries += len(idx)
+            report(f"grpo epoch {epoch}: {n_queries:,}/{len(order):,} queries, reward {sums['reward'] / n_steps:.4f}")
+            if time.monotonic() > deadline:
+                out_of_time = True
+                break
+        train_seconds = time.monotonic() - epoch_start
+        record: Dict[str, Any] = {"epoch": epoch, **{k: v / max(n_steps, 1) for k, v in sums.items()}}
+        record["train_seconds"] = train_seconds
+        record["queries_per_s"] = n_queries / max(train_seconds, 1e-9)
+        record["queries"] = n_queries
+        if not math.isfinite(record["loss"]):
+            raise FloatingPointError(f"grpo epoch {epoch}: loss is {record['loss']}; lower lr")
+        validate(record)
+        checkpoint.update(policy, (record["valid_recall@10"], record["valid_ndcg@10"]), epoch)
+        record["seconds"] = time.monotonic() - epoch_start
+        history.append(record)
+        report(_message(record, checkpoint.best_epoch), force=True)
+        if out_of_time:
+            break
+
+    checkpoint.restore(policy)
+    report(f"grpo: done in {time.monotonic() - started:.0f} s, best epoch {checkpoint.best_epoch}", force=True)
+    return GRPOResult(model=policy, history=history, best_epoch=checkpoint.best_epoch)

@@ -1,34 +1,58 @@
 """Trie-constrained beam search over SIDs, batched over users and beams.
 
-Per batch the encoder runs once and the cross-attention keys/values of its output are computed
-once per decoder layer; beams share them without copies (the decoder folds the beam dimension into
-the cross-attention query length). Decoder self-attention uses a KV cache that is reordered to the
-surviving beams' parents after every step (``D`` steps in all, one decoder token per beam and step).
-
-Scoring: at step ``l`` every live beam's next-token distribution is ``log_softmax`` over the FULL
+Scoring
+-------
+At step ``l`` every live beam's next-token distribution is ``log_softmax`` over the FULL
 vocabulary; the level-``l`` slice is taken, codes with no child in the trie are set to ``-inf``,
 the beam's score is added and the best ``beam_size`` of the ``W * K_l`` candidates survive (step 0
-has a single live beam). A SID's score is therefore the sum of its tokens' log-probabilities with
-no renormalisation over allowed tokens, which is what HF ``generate`` with
-``prefix_allowed_tokens_fn`` computes (it masks after ``log_softmax``). All SIDs have the same
-length, so no length penalty applies. With ``beam_size >= `` the number of items the search is
-exact (equals scoring every item by teacher forcing).
+has a single live beam; the last step keeps ``top_k``). A SID's score is therefore the sum of its
+tokens' log-probabilities with no renormalisation over allowed tokens, which is what HF ``generate``
+with ``prefix_allowed_tokens_fn`` computes (it masks after ``log_softmax``). All SIDs have the same
+length, so no length penalty applies. With ``beam_size >=`` the number of items the search is exact
+(equals scoring every item by teacher forcing; tested).
+
+Design (what makes it fast; every step is exact, only float summation order differs)
+--------------------------------------------------------------------------------------
+* The encoder runs once per user, and the cross-attention keys/values of its output once per
+  decoder layer (:meth:`GenerativeRecommender.memory_kv`). Beams never copy them: cross-attention
+  treats the ``W`` beams of a user as ``W`` queries of one attention call (``[B, h, W, Le]``).
+* Step 0 decodes one beam (``BOS``) per user, not ``beam_size``.
+* Decoder self-attention without a reordered KV cache. SIDs are ``D`` tokens long, so a beam at
+  step ``s`` attends to exactly ``s + 1`` keys: one per earlier step (its ancestors) and its own.
+  Every step's keys/values are written once into a per-layer buffer ``[B, sum_s W_s, 2*h*dh]``
+  (block ``s`` holds the ``W_s`` beams alive at step ``s``); a beam carries the buffer positions of
+  its ancestors, which after ``topk`` are simply gathered from its parent's (an int tensor
+  ``[B, W, s]``, shared by all layers). Attention is then one gather of ``s + 1`` rows per beam and
+  a softmax over them, computed elementwise (no per-step ``cat`` / reorder of the cache, no tiny
+  batched matmuls, which cost more than the arithmetic).
+* The self-attention query and key/value projections run as one matmul (weights concatenated
+  once per search); the MLP's ReLU runs in place.
+* The normaliser of the full-vocabulary ``log_softmax`` is a ``logsumexp``; only the level's
+  ``K_l`` log-probabilities are materialised, and ``topk`` runs over the trie-masked children.
+* No host syncs or Python loops over users or beams in the step loop; the same code runs on CUDA.
+
+The decoder block is written out here (pre-LN self-attention, cross-attention, MLP, as in
+``model.DecoderLayer``) on the layers' own submodules and weights; ``model.py`` is untouched.
+Equality with the teacher-forced model is tested (``test_recommender_model``), and with HF
+``generate`` (``test_recommender_hf_parity``).
 
 Blocking on CPU: users are independent, so a CPU batch is decoded in blocks of users whose largest
 tensor, the ``[users * beams, vocab]`` logits, stays under :data:`CPU_BLOCK_BYTES` (each block's
-encoder input is trimmed to its longest history). Bigger tensors come from fresh ``mmap``s whose
-pages fault in at every step and fall out of cache: at the TIGER size, 256-user batches took ~3x
-fewer page faults and ran 10-30% faster with 1 or 2 threads on a 2-core Xeon. (On an oversubscribed
-machine, with more busy threads than cores, the extra parallel regions can cost more than that;
-use fewer threads there.) GPU batches run whole.
+encoder input is trimmed to its longest history), so that the step's working set stays in cache.
+GPU batches run whole.
+
+Measured (``benchmarks/results/beam_search-cpu-1thread.json``; TIGER size, 12k items, beam 20,
+1 thread of a shared 2-core Xeon): see the module docstring of ``benchmarks/beam_search.py`` and
+the JSON for the numbers against Hugging Face ``generate`` + ``prefix_allowed_tokens_fn``.
 """
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from semid_pipeline.core.recommender.data import PAD_ITEM, SIDBatch
 from semid_pipeline.core.recommender.model import GenerativeRecommender
@@ -50,7 +74,7 @@ def constrained_beam_search(
     """Top-``top_k`` items for every user of an inference ``batch`` (already on the model's device).
 
     Args:
-        model: the recommender (put it in eval mode for deterministic output).
+        model: the recommender (put it in eval mode: dropout is not applied here).
         batch: encoder inputs ``enc_tokens`` / ``enc_item`` ``[B, Le]`` (``data.build_inference_rows``).
         trie: :class:`SIDTrie` of the catalogue, on the model's device, built with the model's
             vocabulary level sizes.
@@ -79,6 +103,85 @@ def constrained_beam_search(
     return torch.cat([items for items, _ in parts]), torch.cat([scores for _, scores in parts])
 
 
+class _BeamDecoder:
+    """Incremental decoder of one block of ``B`` users (see the module docstring).
+
+    Self-attention keys/values of step ``j`` are kept per decoder layer as ``[B, W_j, 2*h*dh]``
+    (the projection's output itself, never copied or reordered). :meth:`step` takes the newest
+    token of every live beam and, for every earlier step ``j >= 1``, the index of the beam's
+    ancestor among that step's ``W_j`` beams; step 0 is the single ``BOS`` beam every beam descends from.
+    """
+
+    def __init__(self, model: GenerativeRecommender, enc_tokens: torch.Tensor, enc_item: torch.Tensor):
+        p = model.params
+        self.model, self.n_heads, self.d_head = model, p.n_heads, p.d_head
+        self.scale = p.d_head**-0.5  # scaled_dot_product_attention's default, as in model.Attention
+        self.layers = list(model.decoder_layers)
+        self.qkv_weights = [torch.cat([layer.self_attn.q.weight, layer.self_attn.kv.weight]) for layer in self.layers]
+        memory = model.encode(enc_tokens, enc_item)
+        # cross-attention keys (transposed) and values, made contiguous once so every step's matmuls read them in place
+        self.memory = [(k.contiguous().transpose(-1, -2), v.contiguous()) for k, v in model.memory_kv(memory)]
+        self.memory_bias = model.memory_bias(enc_item).to(self.memory[0][1].dtype)  # [B, h, 1, Le]
+        self.past: List[List[torch.Tensor]] = [[] for _ in self.layers]  # per layer, per step: [B, W_j, 2*h*dh]
+
+    def step(self, tokens: torch.Tensor, ancestors: List[torch.Tensor]) -> torch.Tensor:
+        """``tokens [B, W]``; ``ancestors[j - 1]`` int64 ``[B*W]``: flat row (``user * W_j + beam``) of every
+        beam's ancestor at step ``j = 1 .. s-1`` -> decoder output ``[B*W, d_model]``."""
+        b, w = tokens.shape
+        n, heads, d_head = b * w, self.n_heads, self.d_head
+        hd = heads * d_head
+        x = self.model.embed(tokens).reshape(n, -1)
+        for layer, w_qkv, (mem_kt, mem_v), past in zip(self.layers, self.qkv_weights, self.memory, self.past):
+            # self-attention of every beam over its s + 1 keys: BOS (shared by the user's beams), ancestors, itself
+            h = layer.norm1(x)
+            qkv = F.linear(h, w_qkv)  # [n, 3 * h * dh]: q, then k and v in model.Attention's kv layout
+            q = qkv[:, :hd].view(b, w, heads, d_head)
+            past.append(qkv[:, hd:].view(b, w, 2 * hd))
+            keys_values = [past[0].view(b, 1, 2, heads, d_head)]  # BOS: broadcast over beams
+            keys_values += [past[j].reshape(-1, 2 * hd).index_select(0, rows).view(b, w, 2, heads, d_head) for j, rows in enumerate(ancestors, 1)]
+            if len(past) > 1:
+                keys_values.append(past[-1].view(b, w, 2, heads, d_head))
+            scores = torch.stack([(q * kv[:, :, 0]).sum(-1) for kv in keys_values], dim=-1)  # [B, W, h, s+1]
+            attn = scores.mul_(self.scale).softmax(dim=-1)
+            out = attn[..., 0, None] * keys_values[0][:, :, 1]
+            for j in range(1, len(keys_values)):
+                out.addcmul_(attn[..., j, None], keys_values[j][:, :, 1])
+            x = x + layer.self_attn.out(out.view(n, hd))
+            # cross-attention: the W beams of a user are W queries against the shared memory
+            q = layer.cross_attn.q(layer.norm2(x)).view(b, w, heads, d_head).transpose(1, 2)  # [B, h, W, dh]
+            attn = torch.matmul(q, mem_kt).mul_(self.scale).add_(self.memory_bias).softmax(dim=-1)  # [B, h, W, Le]
+            x = x + layer.cross_attn.out(torch.matmul(attn, mem_v).transpose(1, 2).reshape(n, hd))
+            x = x + _mlp(layer.mlp, layer.norm3(x))
+        return self.model.decoder_norm(x)
+
+
+def _mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``mlp(x)`` for an ``nn.Sequential`` MLP, with its ReLUs applied in place (saves one ``[n, d_ff]`` pass)."""
+    for module in mlp:
+        x = F.relu_(x) if isinstance(module, nn.ReLU) else module(x)
+    return x
+
+
+#: On CPU, rows of decoder states scored at once by the output head, so that their logits stay in cache.
+HEAD_CHUNK_ROWS = 128
+
+
+def _level_log_probs(model: GenerativeRecommender, states: torch.Tensor, level: int) -> torch.Tensor:
+    """``log_softmax(head(states))[:, level's codes]`` for ``states [n, d_model]`` -> float32 ``[n, K_level]``.
+
+    Only the level's slice is materialised; the full-vocabulary normaliser is a ``logsumexp``. On CPU
+    the rows go through in chunks of :data:`HEAD_CHUNK_ROWS`, so each chunk's logits are normalised
+    while still in cache (one pass over memory instead of three).
+    """
+    codes = model.vocab.level_slice(level)
+    chunk = HEAD_CHUNK_ROWS if states.device.type == "cpu" else states.shape[0]
+    parts = []
+    for start in range(0, states.shape[0], chunk):
+        logits = model.head(states[start : start + chunk]).float()
+        parts.append(logits[:, codes] - logits.logsumexp(dim=-1, keepdim=True))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 def _search(
     model: GenerativeRecommender, enc_tokens: torch.Tensor, enc_item: torch.Tensor, trie: SIDTrie, beam_size: int, top_k: int
 ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -86,16 +189,19 @@ def _search(
     vocab = model.vocab
     n_users = enc_tokens.shape[0]
     device = enc_tokens.device
-
-    memory_kv = model.memory_kv(model.encode(enc_tokens, enc_item))
-    memory_mask = model.memory_bias(enc_item)
+    decoder = _BeamDecoder(model, enc_tokens, enc_item)
     tokens = torch.full((n_users, 1), BOS, dtype=torch.long, device=device)
     scores = torch.zeros(n_users, 1, device=device)
     nodes = torch.zeros(n_users, 1, dtype=torch.long, device=device)  # the root
-    cache = None
+    ancestors: List[torch.Tensor] = []  # per step j = 1 .. s-1: [B, W] index of each beam's ancestor among step j's beams
+    widths: List[int] = []  # live beams per user at every step
+    user = torch.arange(n_users, device=device).unsqueeze(1)
     for level in range(vocab.n_levels):
-        logits, cache = model.decode_step(tokens, memory_kv, memory_mask, cache)
-        log_probs = F.log_softmax(logits.float(), dim=-1)[..., vocab.level_slice(level)]  # [B, W, K]
+        w = tokens.shape[1]
+        widths.append(w)
+        rows = [(a + user * width).flatten() for a, width in zip(ancestors, widths[1:])]
+        states = decoder.step(tokens, rows)
+        log_probs = _level_log_probs(model, states, level).view(n_users, w, -1)
         children = trie.child_table(level, nodes)  # [B, W, K]
         size = children.shape[-1]
         candidates = torch.where(children >= 0, scores.unsqueeze(-1) + log_probs, float("-inf")).flatten(1)
@@ -105,8 +211,9 @@ def _search(
         if not last:
             parent = flat // size  # [B, W']
             tokens = flat % size + vocab.level_offsets[level]
-            rows = (parent + torch.arange(n_users, device=device).unsqueeze(1) * children.shape[1]).flatten()
-            cache = [(k[rows], v[rows]) for k, v in cache]
+            ancestors = [a.gather(1, parent) for a in ancestors]
+            if level > 0:  # step 0's beam is BOS, the common ancestor
+                ancestors.append(parent)
 
     items = torch.where(nodes >= 0, trie.leaf_item[nodes.clamp(min=0)], -1)
     if items.shape[1] < top_k:  # fewer candidates than top_k in the whole catalogue

@@ -2,7 +2,7 @@
 
 import os
 
-from dagster import Definitions, in_process_executor, load_assets_from_modules
+from dagster import Definitions, ExecutorDefinition, in_process_executor, load_assets_from_modules, multiprocess_executor
 
 from semid_pipeline.assets import (
     baselines,
@@ -47,6 +47,22 @@ def build_resources(data_dir: str | None = None, datasets_options_json: str | No
     }
 
 
+def select_executor(kind: str | None = None) -> ExecutorDefinition:
+    """``SEMID_EXECUTOR``: ``in_process`` (default: one process per run, the GPU pool orders the
+    training steps), ``multiprocess`` (a process per step on one machine) or ``k8s`` (a Kubernetes
+    Job per step, ``pip install '.[k8s]'``; GPU requests per step in docker/scale-out/k8s_executor.yaml)."""
+    kind = kind or os.environ.get("SEMID_EXECUTOR", "in_process")
+    if kind == "in_process":
+        return in_process_executor
+    if kind == "multiprocess":
+        return multiprocess_executor
+    if kind == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    raise ValueError(f"SEMID_EXECUTOR must be in_process, multiprocess or k8s, got {kind!r}")
+
+
 all_assets = load_assets_from_modules(ASSET_MODULES)
 
 defs = Definitions(
@@ -55,5 +71,5 @@ defs = Definitions(
     schedules=[retokenize_schedule],
     sensors=[incoming_items_sensor],
     resources=build_resources(),
-    executor=in_process_executor,
+    executor=select_executor(),
 )

@@ -3,6 +3,7 @@
 import shutil
 from pathlib import Path
 
+import pytest
 import yaml
 
 from semid_pipeline_tests.deployment_utils import REPO, instance_yaml_for_tests
@@ -98,3 +99,21 @@ def test_instance_config_validates_with_postgres_and_loads_for_the_daemon(tmp_pa
         daemons = {d.daemon_type() for d in create_daemons_from_instance(instance)}
         assert {"SENSOR", "SCHEDULER", "QUEUED_RUN_COORDINATOR"} <= daemons
         assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
+
+
+def test_k8s_scale_out_config_requests_gpus_for_the_gpu_pool_steps():
+    from semid_pipeline.definitions import defs, select_executor
+
+    config = yaml.safe_load((REPO / "docker" / "scale-out" / "k8s_executor.yaml").read_text())["execution"]["config"]
+    per_step = config["per_step_k8s_config"]
+    gpu_ops = {a.op.name for a in defs.resolve_asset_graph().assets_defs if a.is_executable and getattr(a.op, "pool", None) == "gpu"}
+    assert {"sid_tokenizer", "generative_recommender", "sasrec_model"} <= set(per_step) <= gpu_ops
+    for step in per_step.values():
+        assert step["container_config"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert "nvidia.com/gpu" not in str(config["step_k8s_config"])  # CPU steps request no GPU
+    helm = yaml.safe_load((REPO / "docker" / "scale-out" / "helm-values.yaml").read_text())
+    env = {e["name"]: e["value"] for e in helm["dagster-user-deployments"]["deployments"][0]["env"]}
+    assert env["SEMID_EXECUTOR"] == "k8s" and helm["runLauncher"]["type"] == "K8sRunLauncher"
+    assert select_executor("multiprocess").name == "multiprocess" and select_executor("in_process").name == "in_process"
+    with pytest.raises(ValueError, match="SEMID_EXECUTOR"):
+        select_executor("celery-typo")

@@ -80,13 +80,13 @@ def test_sensor_requests_frozen_run_that_keeps_old_sids_and_versions_it(data_dir
     assert request.job_name == "retokenize_frozen" and request.partition_key == "demo" and request.run_key.startswith("incoming-demo-")
     assert isinstance(incoming_items_sensor(build_sensor_context(cursor=result.cursor, resources={"storage": StorageResource(data_dir=str(data_dir))})), SkipReason)
 
-    # the text encoder is not needed for this check: the catalog embeds incoming items with it, so
-    # give the run the job's config and the selection the frozen job runs
-    from semid_pipeline.jobs import retokenize_frozen_job
+    # run what the request asks for: the frozen job's assets with the request's run config
+    from semid_pipeline.definitions import defs
 
     assert request.run_config["ops"]["semantic_ids"]["config"]["mode"] == "frozen"
-    _run(data_dir, ["incoming_items", "catalog_item_embeddings", "semantic_ids", "sid_versions"], request.run_config)
-    assert retokenize_frozen_job.selection is not None
+    job_keys = {k.path[-1] for k in defs.resolve_job_def("retokenize_frozen").asset_layer.executable_asset_keys}
+    assert job_keys == {"incoming_items", "catalog_item_embeddings", "semantic_ids", "sid_versions"}
+    _run(data_dir, sorted(job_keys), request.run_config)
     v2 = storage.read_table(data_dir, "semantic_ids", "demo").set_index("item_id")
     old = v1.set_index("item_id")
     assert (v2.loc[old.index, "sid_str"] == old["sid_str"]).all()  # every old SID kept, the changed item's too

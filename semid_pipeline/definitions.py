@@ -14,18 +14,19 @@ from semid_pipeline.assets import (
     ingestion,
     preprocessing,
     recommender,
+    retrieval,
     semantic_ids,
     sid_versions,
     tags,
     tokenizer,
 )
 from semid_pipeline.io_managers import ModelIOManager, ParquetIOManager
-from semid_pipeline.jobs import full_pipeline_job, retokenize_frozen_job, retokenize_job, retokenize_schedule
+from semid_pipeline.jobs import full_pipeline_job, retokenize_frozen_job, retokenize_job, retokenize_schedule, retrieval_job
 from semid_pipeline.paths import default_data_dir, default_shared_dir
 from semid_pipeline.resources import DatasetsResource, LLMResource, StorageResource, TextEncoderResource
 from semid_pipeline.sensors import incoming_items_sensor
 
-ASSET_MODULES = [ingestion, preprocessing, tags, captions, embeddings, tokenizer, semantic_ids, recommender, baselines, evaluation, explanations, catalog, sid_versions]
+ASSET_MODULES = [ingestion, preprocessing, tags, captions, embeddings, tokenizer, semantic_ids, recommender, baselines, evaluation, explanations, catalog, sid_versions, retrieval]
 
 
 def build_resources(data_dir: str | None = None, datasets_options_json: str | None = None) -> dict:
@@ -67,7 +68,7 @@ all_assets = load_assets_from_modules(ASSET_MODULES)
 
 defs = Definitions(
     assets=all_assets,
-    jobs=[full_pipeline_job, retokenize_job, retokenize_frozen_job],
+    jobs=[full_pipeline_job, retokenize_job, retokenize_frozen_job, retrieval_job],
     schedules=[retokenize_schedule],
     sensors=[incoming_items_sensor],
     resources=build_resources(),

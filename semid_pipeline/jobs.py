@@ -15,6 +15,14 @@ full_pipeline_job = define_asset_job(
     description="Every asset of a dataset partition, ingestion to evaluation.",
 )
 
+retrieval_job = define_asset_job(
+    "retrieval",
+    selection=AssetSelection.groups("retrieval").upstream().required_multi_asset_neighbors(),
+    partitions_def=dataset_partitions,
+    description="Query-to-product retrieval (esci, demo): catalog -> SIDs -> generative retriever, BM25 and dense "
+    "Recall@5..100 on the test queries.",
+)
+
 retokenize_job = define_asset_job(
     "retokenize",
     selection=AssetSelection.assets("item_text_embeddings").downstream() | AssetSelection.assets("incoming_items"),

@@ -23,6 +23,12 @@ TINY_RUN_CONFIG = {
         },
         "generative_recommendations": {"config": {"beam_size": 10, "top_k": 10, "batch_size": 128}},
         "sasrec_model": {"config": {"hidden": 16, "n_layers": 1, "epochs": 3, "max_len": 20, "batch_size": 64}},
+        "generative_retriever": {
+            "config": {
+                "d_model": 32, "n_encoder_layers": 1, "n_decoder_layers": 1, "n_heads": 2, "d_head": 16, "d_ff": 64,
+                "epochs": 2, "warmup_steps": 5, "batch_size": 256, "eval_beam_size": 10, "beam_size": 100, "top_k": 100,
+            }
+        },
     }
 }
 

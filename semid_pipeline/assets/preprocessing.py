@@ -3,6 +3,7 @@
 from dagster import AssetExecutionContext, AssetIn, AssetOut, Config, Output, multi_asset
 
 from semid_pipeline.core.data.preprocess import PreprocessParams, build_tables
+from semid_pipeline.core.data.registry import DATASETS
 from semid_pipeline.core.data.schema import RawDataset
 from semid_pipeline.partitions import dataset_partitions
 
@@ -23,6 +24,9 @@ class PreprocessConfig(Config, PreprocessParams):
 )
 def prepared_dataset(context: AssetExecutionContext, config: PreprocessConfig, raw_items, raw_interactions):
     params = PreprocessParams(**config.model_dump())
+    if params.keep_all_items is None:  # the dataset's default (True for a retrieval corpus such as esci)
+        spec = DATASETS.get(context.partition_key)
+        params = params.model_copy(update={"keep_all_items": bool(spec and spec.keep_all_items)})
     prepared = build_tables(RawDataset(raw_items, raw_interactions), params, source=f"dataset {context.partition_key!r}")
     seqs = prepared.user_sequences
     stats = {

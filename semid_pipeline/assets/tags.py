@@ -5,6 +5,7 @@ from typing import Optional
 import pandas as pd
 from dagster import AssetExecutionContext, AssetIn, AssetOut, Config, Output, multi_asset
 
+from semid_pipeline.core.data.registry import DATASETS
 from semid_pipeline.core.enrich.tags import TagParams, TagPool, make_classifier, tag_items
 from semid_pipeline.core.io_utils import read_any_table
 from semid_pipeline.metadata import md_table
@@ -40,8 +41,12 @@ def hierarchical_tags(
     storage: StorageResource,
 ):
     params = TagParams(**{k: getattr(config, k) for k in TagParams.model_fields})
+    spec = DATASETS.get(context.partition_key)
     if config.tag_pool_path:
         pool = TagPool.from_table(read_any_table(config.tag_pool_path), source=config.tag_pool_path)
+    elif spec is not None and spec.tag_pool is not None and not any(len(p) for p in items["category_path"]):
+        # a dataset without category paths (KuaiRand): its built-in pool from its own fields
+        pool = TagPool.from_table(spec.tag_pool(items), source=f"built-in tag pool of {context.partition_key!r}")
     else:
         pool = TagPool.from_paths(items["category_path"].tolist(), depth=params.depth)
     client = llm.get_client(cache_path=storage.cache_path("llm_cache_tags")) if params.classifier == "llm" else None

@@ -533,3 +533,117 @@ def generate_demo(params: DemoParams) -> RawDataset:
         columns=list(ITEM_COLUMNS),
     )
     return RawDataset(items, interactions)
+
+
+# ---------------------------------------------------------------------------------------------
+# search queries with graded relevance (the retrieval task; same schema as ESCI after loading)
+
+
+class DemoQueryParams(BaseModel):
+    """Search queries over the demo catalog, judged E/S/C/I like ESCI (see :func:`generate_demo_queries`)."""
+
+    n_queries: int = Field(1500, ge=1, description="Distinct queries to generate (duplicates of a text are merged).")
+    query_test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="Share of queries in the test split.")
+    max_exact: int = Field(8, ge=1, description="Most Exact products judged per query.")
+    max_substitute: int = Field(5, ge=0, description="Most Substitute products judged per query.")
+    n_complement: int = Field(2, ge=0, description="Complement products judged per query.")
+    n_irrelevant: int = Field(3, ge=0, description="Irrelevant products judged per query.")
+    p_category_name: float = Field(
+        0.3, ge=0.0, le=1.0, description="Share of queries naming the leaf category instead of the product noun "
+        "(vocabulary mismatch between query and title)."
+    )
+
+
+_QUERY_KINDS = ("noun", "brand", "attr", "brand_attr")
+_QUERY_KIND_P = (0.3, 0.25, 0.3, 0.15)
+
+
+def _words(text: str) -> list[str]:
+    return [w for w in "".join(c.lower() if c.isalnum() or c in "'-" else " " for c in text).split() if w]
+
+
+def generate_demo_queries(items: pd.DataFrame, params: DemoQueryParams, seed: int = 0) -> pd.DataFrame:
+    """Queries with graded relevance over a demo catalog (``generate_demo(...).items``).
+
+    Each query starts from an anchor product and names its product noun (or, with
+    ``p_category_name``, its leaf category name), optionally with its brand and/or one attribute
+    word of its title (a scent, shade, material...), lower-cased: ``"lumina lavender body wash"``.
+    Labels follow ESCI's definitions: **E**xact = same leaf category and every named brand /
+    attribute in the product (title); **S**ubstitute = same leaf but some named constraint missing;
+    **C**omplement = the leaf's complementary leaf (Shampoo -> Conditioner); **I**rrelevant = any
+    other product. Per query, up to ``max_exact`` E, ``max_substitute`` S, ``n_complement`` C and
+    ``n_irrelevant`` I products are judged (drawn at random). Queries are split train/test at
+    random by ``query_test_fraction``.
+
+    Returns the judged table with columns ``query_id, query, item_id, esci_label, split``
+    (``esci.QUERY_COLUMNS``) before the CAT-ID2 "test products must be trained" filter. Uses its
+    own random stream (``seed`` and a fixed salt), so the catalog and interactions of
+    :func:`generate_demo` are unchanged.
+    """
+    rng = np.random.default_rng([seed, 0x51])
+    tree = _tree()
+    leaf_of_path = {tuple(p): i for i, p in enumerate(tree.paths)}
+    paths = [tuple(p) for p in items["categories"]]
+    if any(p not in leaf_of_path for p in paths):
+        raise ValueError("generate_demo_queries needs the demo catalog (every item's path a demo leaf)")
+    leaf = np.array([leaf_of_path[p] for p in paths], dtype=np.int64)
+    item_ids = items["item_id"].astype(str).to_numpy()
+    brands = [b if isinstance(b, str) else "" for b in items["brand"]]
+    title_words = [set(_words(t)) for t in items["title"]]
+    noun_words = [set(_words(n)) for n in tree.nouns]
+    by_leaf = [np.flatnonzero(leaf == lf) for lf in range(len(tree.paths))]
+    # Attribute words of a title: not brand, not the noun, no digits, not a size word.
+    stop = {"oz", "fl", "ml", "pack", "of", "set", "count", "inch", "watt", "kit", "piece", "for", "with", "and", "in", "the"}
+    attrs = [
+        sorted(w for w in title_words[i] - noun_words[leaf[i]] - set(_words(brands[i])) - stop if not any(c.isdigit() for c in w))
+        for i in range(len(items))
+    ]
+
+    seen: dict[str, int] = {}
+    rows: list[tuple[int, str, str, str]] = []
+    attempts = 0
+    while len(seen) < params.n_queries and attempts < 20 * params.n_queries:
+        attempts += 1
+        anchor = int(rng.integers(len(items)))
+        kind = _QUERY_KINDS[int(rng.choice(len(_QUERY_KINDS), p=_QUERY_KIND_P))]
+        lf = leaf[anchor]
+        noun = tree.paths[lf][2] if rng.random() < params.p_category_name else tree.nouns[lf]
+        brand = brands[anchor] if kind in ("brand", "brand_attr") else ""
+        attr = str(rng.choice(attrs[anchor])) if kind in ("attr", "brand_attr") and attrs[anchor] else ""
+        if kind in ("brand", "brand_attr") and not brand:
+            continue
+        text = " ".join(_words(" ".join(p for p in (brand, attr, noun) if p)))
+        if text in seen:
+            continue
+        qid = len(seen)
+        seen[text] = qid
+        members = by_leaf[lf]
+        ok = np.ones(len(members), dtype=bool)
+        if brand:
+            ok &= np.array([brands[m] == brand for m in members])
+        if attr:
+            ok &= np.array([attr in title_words[m] for m in members])
+        exact, subst = members[ok], members[~ok]
+        comp = by_leaf[tree.complement[lf]]
+        other = np.flatnonzero((leaf != lf) & (leaf != tree.complement[lf]))
+        judged = [
+            (rng.permutation(exact)[: params.max_exact], "E"),
+            (rng.permutation(subst)[: params.max_substitute], "S"),
+            (rng.permutation(comp)[: params.n_complement], "C"),
+            (rng.choice(other, min(params.n_irrelevant, len(other)), replace=False), "I"),
+        ]
+        for chosen, label in judged:
+            rows.extend((qid, text, item_ids[m], label) for m in np.sort(chosen))
+    n = len(seen)
+    test = np.zeros(n, dtype=bool)
+    test[rng.choice(n, int(round(params.query_test_fraction * n)), replace=False)] = True
+    qids = np.array([r[0] for r in rows], dtype=np.int64)
+    return pd.DataFrame(
+        {
+            "query_id": [str(q) for q in qids],
+            "query": [r[1] for r in rows],
+            "item_id": [r[2] for r in rows],
+            "esci_label": [r[3] for r in rows],
+            "split": np.where(test[qids], "test", "train").astype(object),
+        }
+    )

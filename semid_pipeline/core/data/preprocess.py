@@ -19,7 +19,7 @@ recommendation benchmarks (SASRec / S3-Rec / P5 / TIGER on Amazon 5-core data):
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 import pandas as pd
@@ -48,6 +48,11 @@ class PreprocessParams(BaseModel):
         True,
         description="Keep only the first (chronological) interaction of each (user, item) pair. "
         "Exact (user, item, timestamp) duplicates are always removed.",
+    )
+    keep_all_items: Optional[bool] = Field(
+        None,
+        description="Keep catalog items without interactions after the k-core (a retrieval corpus such as ESCI, "
+        "whose every product needs a SID); no interaction surviving is then allowed. None: the dataset's default.",
     )
 
 
@@ -151,7 +156,7 @@ def build_tables(raw: RawDataset, params: PreprocessParams, source: str = "RawDa
     interactions = clean_interactions(raw.interactions, params.drop_duplicates)
     n_clean = len(interactions)
     interactions = kcore_filter(interactions, params.k_core_user, params.k_core_item)
-    if interactions.empty:
+    if interactions.empty and not params.keep_all_items:
         raise InputError(
             source,
             None,
@@ -160,7 +165,9 @@ def build_tables(raw: RawDataset, params: PreprocessParams, source: str = "RawDa
 
     items = clean_items(raw.items)
     surviving = pd.Index(interactions["item_id"].unique())
-    items = items[surviving.get_indexer(items["item_id"]) >= 0].sort_values("item_id", kind="stable")
+    if not params.keep_all_items:
+        items = items[surviving.get_indexer(items["item_id"]) >= 0]
+    items = items.sort_values("item_id", kind="stable")
     items = items.reset_index(drop=True)
     items.insert(0, "item_idx", np.arange(len(items), dtype=np.int64))
     items["category_path"] = [list(p[: params.max_category_depth]) for p in items["categories"]]
@@ -187,7 +194,7 @@ def build_tables(raw: RawDataset, params: PreprocessParams, source: str = "RawDa
         }
     )
 
-    sequences = np.split(item_idx, ends[:-1])
+    sequences = np.split(item_idx, ends[:-1]) if len(ends) else []  # keep_all_items may leave no user
     user_sequences = pd.DataFrame(
         {
             "user_idx": np.arange(len(user_ids), dtype=np.int64),

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
+
+import pandas as pd
 
 from semid_pipeline.core.data.schema import RawDataset
 from semid_pipeline.core.errors import InputError
@@ -24,6 +26,14 @@ class DatasetSpec:
     """``loader(shared_dir, options) -> RawDataset``."""
     has_categories: bool = True
     options: Dict[str, Any] = field(default_factory=dict)
+    queries: Optional[Callable[[str, Dict[str, Any]], pd.DataFrame]] = None
+    """``queries(shared_dir, options)`` -> the judged query table (``esci.QUERY_COLUMNS``) of the
+    retrieval task, for datasets that have one (esci, demo)."""
+    keep_all_items: bool = False
+    """Preprocessing keeps catalog items without interactions (a retrieval corpus: every product needs a SID)."""
+    tag_pool: Optional[Callable[[pd.DataFrame], pd.DataFrame]] = None
+    """``tag_pool(items)`` -> a default tag pool table (``level, name, parent``) for datasets without
+    category paths (KuaiRand); used by the tag stage when no ``tag_pool_path`` is configured."""
 
 
 def _load_demo(shared_dir: str, options: Dict[str, Any]) -> RawDataset:
@@ -46,8 +56,56 @@ def _amazon_loader(folder: str, category: str) -> Callable[[str, Dict[str, Any]]
     return load
 
 
+def _load_demo_queries(shared_dir: str, options: Dict[str, Any]) -> pd.DataFrame:
+    from semid_pipeline.core.data.demo import DemoParams, DemoQueryParams, generate_demo, generate_demo_queries
+
+    demo = DemoParams(**{k: v for k, v in options.items() if k in DemoParams.model_fields})
+    queries = DemoQueryParams(**{k: v for k, v in options.items() if k in DemoQueryParams.model_fields})
+    return generate_demo_queries(generate_demo(demo).items, queries, seed=demo.seed)
+
+
+def _esci_params(shared_dir: str, options: Dict[str, Any]):
+    from semid_pipeline.core.data.esci import EsciParams
+
+    root = Path(options.get("root") or Path(shared_dir) / "datasets" / "esci")
+    if not root.exists():
+        raise InputError(root, None, "ESCI folder not found (set SEMID_SHARED_DIR or the 'root' option to the folder "
+                                     "holding shopping_queries_dataset_examples.parquet and ..._products.parquet)")
+    return EsciParams(**{**options, "root": str(root)})
+
+
+def _load_esci(shared_dir: str, options: Dict[str, Any]) -> RawDataset:
+    from semid_pipeline.core.data.esci import load_esci
+
+    return load_esci(_esci_params(shared_dir, options))
+
+
+def _load_esci_queries(shared_dir: str, options: Dict[str, Any]) -> pd.DataFrame:
+    from semid_pipeline.core.data.esci import load_esci_queries
+
+    return load_esci_queries(_esci_params(shared_dir, options))
+
+
+def _load_kuairand(shared_dir: str, options: Dict[str, Any]) -> RawDataset:
+    from semid_pipeline.core.data.kuairand import KuaiRandParams, load_kuairand
+
+    root = Path(options.get("root") or Path(shared_dir) / "datasets" / "kuairand")
+    if not root.exists():
+        raise InputError(root, None, "KuaiRand folder not found (set SEMID_SHARED_DIR or the 'root' option to the "
+                                     "folder holding log_standard_*.csv, video_features_basic_*.csv, ...)")
+    return load_kuairand(KuaiRandParams(**{**options, "root": str(root)}))
+
+
+def _kuairand_tag_pool(items: pd.DataFrame) -> pd.DataFrame:
+    from semid_pipeline.core.data.kuairand import kuairand_tag_pool
+
+    return kuairand_tag_pool(items)
+
+
 DATASETS: Dict[str, DatasetSpec] = {
-    "demo": DatasetSpec("demo", "Embedded synthetic catalog generated from a seed (offline default).", _load_demo),
+    "demo": DatasetSpec(
+        "demo", "Embedded synthetic catalog generated from a seed (offline default).", _load_demo, queries=_load_demo_queries
+    ),
     "amazon-beauty": DatasetSpec(
         "amazon-beauty",
         "Amazon Beauty 5-core (2014 release), P5/S3-Rec sequence format from ../shared.",
@@ -65,6 +123,21 @@ DATASETS: Dict[str, DatasetSpec] = {
         "Amazon Toys_and_Games 5-core, P5/S3-Rec sequence format (or any release via options).",
         _amazon_loader("amazon-toys", "Toys_and_Games"),
     ),
+    "esci": DatasetSpec(
+        "esci",
+        "Amazon ESCI shopping queries (official Parquet release; options locale us/es/jp, categories_path) from ../shared/datasets/esci.",
+        _load_esci,
+        has_categories=False,
+        queries=_load_esci_queries,
+        keep_all_items=True,
+    ),
+    "kuairand": DatasetSpec(
+        "kuairand",
+        "KuaiRand Pure/1K/27K (official CSV logs; options variant, positive) from ../shared/datasets/kuairand.",
+        _load_kuairand,
+        has_categories=False,
+        tag_pool=_kuairand_tag_pool,
+    ),
 }
 
 
@@ -72,3 +145,14 @@ def load_raw(name: str, shared_dir: str, options: Dict[str, Any] | None = None) 
     if name not in DATASETS:
         raise KeyError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}")
     return DATASETS[name].loader(shared_dir, options or {})
+
+
+def load_queries(name: str, shared_dir: str, options: Dict[str, Any] | None = None) -> pd.DataFrame:
+    """The judged query table of a dataset's retrieval task; ``InputError`` for a dataset without one."""
+    if name not in DATASETS:
+        raise KeyError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}")
+    spec = DATASETS[name]
+    if spec.queries is None:
+        with_queries = sorted(k for k, v in DATASETS.items() if v.queries is not None)
+        raise InputError(name, None, f"dataset {name!r} has no search queries; the retrieval stage runs on {with_queries}")
+    return spec.queries(shared_dir, options or {})

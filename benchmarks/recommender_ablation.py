@@ -40,6 +40,7 @@ import torch
 import yaml
 
 from semid_pipeline.core.artifacts import load_artifact, save_artifact
+from semid_pipeline.core.device import resolve_device
 from semid_pipeline.core.metrics import evaluate_topk
 from semid_pipeline.core.recommender.hierarchy import HierarchyInputs, build_level_tags
 from semid_pipeline.core.recommender.model import RecommenderParams
@@ -102,7 +103,11 @@ class CachedEncoder:
         return np.stack([self.vectors[t] for t in texts]).astype(np.float32)
 
 
-def test_metrics(model, sids, user_sequences) -> Dict[str, float]:
+def test_metrics(model, sids, user_sequences, max_users: Optional[int] = None) -> Dict[str, float]:
+    """Recall/NDCG@5/10 on test (history = train + valid); a seeded user sample when ``max_users`` is set."""
+    if max_users is not None and max_users < len(user_sequences):
+        keep = np.sort(np.random.default_rng(0).choice(len(user_sequences), max_users, replace=False))
+        user_sequences = user_sequences.iloc[keep]
     train = [np.asarray(t, dtype=np.int64) for t in user_sequences["train_items"]]
     valid = user_sequences["valid_item"].to_numpy(np.int64)
     hist = [np.append(t, v) for t, v in zip(train, valid)]
@@ -118,6 +123,15 @@ def valid_metrics(model, sids, user_sequences) -> Dict[str, float]:
     return {k: float(v) for k, v in evaluate_topk(items, user_sequences["valid_item"].to_numpy(np.int64), (5, 10)).items()}
 
 
+def best_valid(history: List[Dict[str, Any]]) -> Optional[List[float]]:
+    """(recall@10, ndcg@10) of the validation-selected epoch (on the selection sample of users)."""
+    rated = [h for h in history if "valid_recall@10" in h]
+    if not rated:
+        return None
+    best = max(rated, key=lambda h: (h["valid_recall@10"], h["valid_ndcg@10"]))
+    return [best["valid_recall@10"], best["valid_ndcg@10"]]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="Pipeline data folder (holds tables/).")
@@ -129,7 +143,10 @@ def main() -> None:
     ap.add_argument("--rl-minutes", type=float, default=5.0, help="GRPO budget per RL row.")
     ap.add_argument("--rows", default="tiger,hier,grpo_standard,grpo_qarm", help="Rows to run (comma list).")
     ap.add_argument("--rl-variants", default="", help="Extra GRPO reward variants (comma list), from the hier model.")
-    ap.add_argument("--rl-from", default="hier", choices=["tiger", "hier"], help="Supervised model the GRPO rows start from.")
+    ap.add_argument("--rl-from", default="best", choices=["tiger", "hier", "best"],
+                    help="Supervised model the GRPO rows start from (best: the better on validation).")
+    ap.add_argument("--test-max-users", type=int, help="Score test on a seeded sample of this many users (same for every row).")
+    ap.add_argument("--full-valid", action="store_true", help="Also score every row on the full validation split.")
     ap.add_argument("--quality-proxy", action="store_true", help="Use the PROXY quality when item_quality_scores is absent.")
     ap.add_argument("--init", nargs="*", default=[], help="row=dir: reuse a saved supervised model instead of training it.")
     ap.add_argument("--save", help="Folder to save the supervised models (row name subfolders).")
@@ -173,17 +190,18 @@ def main() -> None:
         "tag_map_purity": [float(np.mean([s for s, t in zip(sh, tx) if t is not None] or [0.0])) for sh, tx in zip(level_tags.share, level_tags.texts)],
         "recommender_params": mp.model_dump(),
         "train_params": tp.model_dump(),
+        "test_users": min(args.test_max_users or len(seqs), len(seqs)),
         "rows": {},
     }
     models = {}
     for row in ("tiger", "hier"):
-        need = row in wanted or (row == args.rl_from and any(r.startswith("grpo") for r in wanted)) or (row == args.rl_from and args.rl_variants)
+        need = row in wanted or (args.rl_from in (row, "best") and (any(r.startswith("grpo") for r in wanted) or args.rl_variants))
         if not need:
             continue
         row_mp = mp.model_copy(update={"embedding": "standard" if row == "tiger" else "hierarchy"})
         t0 = time.monotonic()
         if row in init:
-            model = load_artifact(init[row], map_location="cpu")
+            model = load_artifact(init[row], map_location="cpu").to(resolve_device(args.device))
             history: List[Dict[str, Any]] = []
             log.info(f"{row}: reusing {init[row]}")
         else:
@@ -201,8 +219,9 @@ def main() -> None:
             "epochs_run": len(history),
             "history": history,
             "valid_selection_sample": "eval_max_users" if tp.eval_max_users else "all users",
-            "valid": valid_metrics(model, sids, seqs),
-            "test": test_metrics(model, sids, seqs),
+            "selection_valid": best_valid(history),
+            "valid": valid_metrics(model, sids, seqs) if args.full_valid else None,
+            "test": test_metrics(model, sids, seqs, args.test_max_users),
             "device": str(model.device),
         }
         result["rows"][row] = entry
@@ -220,24 +239,29 @@ def main() -> None:
     result["quality_mean"] = float(quality.mean()) if quality is not None else None
 
     variants = [r.removeprefix("grpo_") for r in wanted if r.startswith("grpo_")] + [v for v in args.rl_variants.split(",") if v]
+    rl_from = args.rl_from
+    if rl_from == "best":
+        rl_from = max(models, key=lambda r: tuple(result["rows"][r]["selection_valid"] or (-1.0, -1.0)))
+    result["rl_from"] = rl_from
     for variant in variants:
-        base = models[args.rl_from]
+        base = models[rl_from]
         gp = GRPOParams(**{"reward": variant, "max_minutes": args.rl_minutes, "device": args.device,
                            "eval_max_users": tp.eval_max_users, **rl_cfg})
         t0 = time.monotonic()
         res = train_grpo(base, sids, train, valid, users, gp, quality_scores=quality, progress=log.info)
         entry = {
-            "from": args.rl_from,
+            "from": rl_from,
             "grpo_params": gp.model_dump(),
             "rl_minutes": (time.monotonic() - t0) / 60,
             "best_epoch": res.best_epoch,
             "history": res.history,
             "seconds_per_epoch": [h["train_seconds"] for h in res.history if "train_seconds" in h],
-            "valid": valid_metrics(res.model, sids, seqs),
-            "test": test_metrics(res.model, sids, seqs),
+            "selection_valid": best_valid(res.history),
+            "valid": valid_metrics(res.model, sids, seqs) if args.full_valid else None,
+            "test": test_metrics(res.model, sids, seqs, args.test_max_users),
             "device": str(res.model.device),
         }
-        result["rows"][f"{args.rl_from}+grpo_{variant}"] = entry
+        result["rows"][f"{rl_from}+grpo_{variant}"] = entry
         log.info(f"grpo_{variant}: valid {entry['valid']} test {entry['test']}")
         write(args.out, result, started)
     write(args.out, result, started)

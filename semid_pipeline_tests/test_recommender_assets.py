@@ -7,11 +7,26 @@ from dagster import DagsterInstance, materialize
 from semid_pipeline.core import storage
 from semid_pipeline.core.artifacts import load_artifact
 from semid_pipeline.definitions import all_assets
+from semid_pipeline.resources import TextEncoderResource
 from semid_pipeline_tests.conftest import tiny_resources
 from semid_pipeline_tests.test_recommender_train import CHAIN, N_CHAINS, chain_data
 from semid_pipeline_tests.test_recommender_trie import random_sids
 
 LEVEL1 = ["Skincare", "Hair", "Makeup", "Fragrance"]
+
+
+class HashEncoder:
+    def encode(self, texts, progress=None):
+        from semid_pipeline_tests.test_recommender_hierarchy import fake_encode
+
+        return fake_encode(texts)
+
+
+class FakeTextEncoderResource(TextEncoderResource):
+    """Deterministic character-hash 'sentence embeddings': the asset wiring is under test, not MiniLM."""
+
+    def get(self):
+        return HashEncoder()
 
 
 def write_inputs(data_dir):
@@ -55,7 +70,8 @@ def test_hierarchy_and_grpo_assets_and_explanations(tmp_path):
         }
     }
     selection = ["generative_recommender", "generative_recommendations", "recommendation_explanations"]
-    result = materialize(all_assets, selection=selection, partition_key="demo", resources=tiny_resources(tmp_path),
+    resources = {**tiny_resources(tmp_path), "text_encoder": FakeTextEncoderResource()}
+    result = materialize(all_assets, selection=selection, partition_key="demo", resources=resources,
                          run_config=config, instance=DagsterInstance.ephemeral())
     assert result.success
     meta = result.asset_materializations_for_node("generative_recommender")[0].metadata

@@ -117,3 +117,27 @@ def test_k8s_scale_out_config_requests_gpus_for_the_gpu_pool_steps():
     assert select_executor("multiprocess").name == "multiprocess" and select_executor("in_process").name == "in_process"
     with pytest.raises(ValueError, match="SEMID_EXECUTOR"):
         select_executor("celery-typo")
+
+
+def test_schedule_requests_one_run_per_dataset_with_the_configured_mode(tmp_path, monkeypatch):
+    from datetime import datetime, timezone
+
+    from dagster import build_schedule_context
+
+    from semid_pipeline.definitions import defs
+    from semid_pipeline.jobs import RETOKENIZE_DATASETS, retokenize_run_config, retokenize_schedule
+
+    when = datetime(2026, 1, 4, 3, 0, tzinfo=timezone.utc)
+    ctx = build_schedule_context(scheduled_execution_time=when, repository_def=defs.get_repository_def())
+    requests = retokenize_schedule.evaluate_tick(ctx).run_requests
+    assert [r.partition_key for r in requests] == RETOKENIZE_DATASETS
+    assert all(r.run_key.endswith("-20260104T0300") for r in requests)  # one run per dataset and tick
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"ops": {"sid_tokenizer": {"config": {"epochs": 3}}, "semantic_ids": {"config": {"max_collision_rate": 0.2}}}}))
+    monkeypatch.setenv("SEMID_RETOKENIZE_CONFIG", str(config))
+    full = retokenize_run_config("full")
+    assert full["ops"]["sid_tokenizer"]["config"]["epochs"] == 3
+    assert full["ops"]["semantic_ids"]["config"] == {"max_collision_rate": 0.2, "mode": "full"}
+    frozen = retokenize_run_config("frozen")
+    assert set(frozen["ops"]) == {"semantic_ids"} and frozen["ops"]["semantic_ids"]["config"]["mode"] == "frozen"

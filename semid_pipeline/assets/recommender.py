@@ -78,7 +78,7 @@ def generative_recommender(
     sids = sid_matrix(semantic_ids)
     level_sizes = tuple(int(m) + 1 for m in sids.max(axis=0))
     tag_paths = item_tags.set_index("item_idx").reindex(semantic_ids.sort_values("item_idx")["item_idx"])["tag_path"]
-    level_tags = build_level_tags(sids, [list(t) if t is not None else [] for t in tag_paths], level_sizes)
+    level_tags = build_level_tags(sids, [list(t) if isinstance(t, (list, tuple, np.ndarray)) else [] for t in tag_paths], level_sizes)
     hierarchy = HierarchyInputs(level_tags, text_encoder.get().encode)
     user_idx = user_sequences["user_idx"].to_numpy(np.int64)
     result = train_recommender(

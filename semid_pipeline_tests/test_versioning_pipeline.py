@@ -99,6 +99,9 @@ def test_sensor_requests_frozen_run_that_keeps_old_sids_and_versions_it(data_dir
 
 
 def test_failing_blocking_check_stops_training_and_recommender_refuses_other_tokenizer(data_dir):
+    folder = data_dir / "incoming" / "demo"  # full mode: new items (no interactions, no tags) join the catalog
+    folder.mkdir(parents=True)
+    (folder / "a.jsonl").write_text("".join(json.dumps({"item_id": f"NEW{i}", "title": f"Shampoo {i}"}) + "\n" for i in range(3)))
     _run(data_dir, ["incoming_items", "catalog_item_embeddings"])
     rec = {"generative_recommender": {"config": REC_CONFIG}}
     failing = {"ops": {"semantic_ids": {"config": {"max_collision_rate": -1.0}}, **rec}}
@@ -110,6 +113,7 @@ def test_failing_blocking_check_stops_training_and_recommender_refuses_other_tok
     assert not storage.model_dir(data_dir, "generative_recommender", "demo").exists()
 
     _run(data_dir, ["semantic_ids", "generative_recommender"], {"ops": rec})
+    assert storage.read_table(data_dir, "semantic_ids", "demo")["item_id"].str.startswith("NEW").sum() == 3
     recs = {"generative_recommendations": {"config": {"beam_size": 10, "top_k": 10, "batch_size": 128}}}
     _run(data_dir, ["generative_recommendations"], {"ops": recs})  # same version: decodes
 

@@ -19,14 +19,16 @@ from semid_pipeline.assets import (
     sid_versions,
     tags,
     tokenizer,
+    tokenizer_ablation,
+    tokenizer_quality,
 )
 from semid_pipeline.io_managers import ModelIOManager, ParquetIOManager
-from semid_pipeline.jobs import full_pipeline_job, retokenize_frozen_job, retokenize_job, retokenize_schedule, retrieval_job
+from semid_pipeline.jobs import full_pipeline_job, retokenize_frozen_job, retokenize_job, retokenize_schedule, retrieval_job, tokenizer_ablation_job
 from semid_pipeline.paths import default_data_dir, default_shared_dir
 from semid_pipeline.resources import DatasetsResource, LLMResource, StorageResource, TextEncoderResource
 from semid_pipeline.sensors import incoming_items_sensor
 
-ASSET_MODULES = [ingestion, preprocessing, tags, captions, embeddings, tokenizer, semantic_ids, recommender, baselines, evaluation, explanations, catalog, sid_versions, retrieval]
+ASSET_MODULES = [ingestion, preprocessing, tags, captions, embeddings, tokenizer, semantic_ids, recommender, baselines, evaluation, explanations, catalog, sid_versions, retrieval, tokenizer_quality]
 
 
 def build_resources(data_dir: str | None = None, datasets_options_json: str | None = None) -> dict:
@@ -65,10 +67,12 @@ def select_executor(kind: str | None = None) -> ExecutorDefinition:
 
 
 all_assets = load_assets_from_modules(ASSET_MODULES)
+# On-demand assets (own job, not part of the full graph run): the tokenizer ablation.
+on_demand_assets = load_assets_from_modules([tokenizer_ablation])
 
 defs = Definitions(
-    assets=all_assets,
-    jobs=[full_pipeline_job, retokenize_job, retokenize_frozen_job, retrieval_job],
+    assets=all_assets + on_demand_assets,
+    jobs=[full_pipeline_job, retokenize_job, retokenize_frozen_job, retrieval_job, tokenizer_ablation_job],
     schedules=[retokenize_schedule],
     sensors=[incoming_items_sensor],
     resources=build_resources(),

@@ -8,9 +8,12 @@ from dagster import AssetSelection, RunRequest, ScheduleEvaluationContext, defin
 
 from semid_pipeline.partitions import dataset_partitions
 
+# Expensive assets that run only on request (their own job), never in the full or retokenize runs.
+ON_DEMAND = AssetSelection.assets("tokenizer_ablation")
+
 full_pipeline_job = define_asset_job(
     "full_pipeline",
-    selection=AssetSelection.all(),
+    selection=AssetSelection.all() - ON_DEMAND,
     partitions_def=dataset_partitions,
     description="Every asset of a dataset partition, ingestion to evaluation.",
 )
@@ -25,10 +28,18 @@ retrieval_job = define_asset_job(
 
 retokenize_job = define_asset_job(
     "retokenize",
-    selection=AssetSelection.assets("item_text_embeddings").downstream() | AssetSelection.assets("incoming_items"),
+    selection=(AssetSelection.assets("item_text_embeddings").downstream() | AssetSelection.assets("incoming_items")) - ON_DEMAND,
     partitions_def=dataset_partitions,
     description="Mode 'full': re-embed items (+ incoming ones), retrain the tokenizer, reassign every SID, "
     "record the version, retrain and re-evaluate the recommender.",
+)
+
+tokenizer_ablation_job = define_asset_job(
+    "tokenizer_ablation_job",
+    selection=ON_DEMAND,
+    partitions_def=dataset_partitions,
+    description="Train the recommender on every tokenizer variant (plain RQ-VAE, HiD-VAE terms, CAT-ID2, RQ-KMeans) "
+    "and write one comparison table (HiD-VAE Tables 2/3 shape).",
 )
 
 retokenize_frozen_job = define_asset_job(

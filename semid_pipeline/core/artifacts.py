@@ -110,6 +110,7 @@ def _import_known_kinds() -> None:
     for mod in (
         "semid_pipeline.core.tokenizers.rqvae",
         "semid_pipeline.core.tokenizers.rqkmeans",
+        "semid_pipeline.core.tokenizers.base",
         "semid_pipeline.core.recommender.model",
         "semid_pipeline.core.baselines.sasrec",
     ):

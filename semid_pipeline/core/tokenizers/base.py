@@ -20,12 +20,14 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Literal, NamedTuple, Optional, Sequence, Tuple
 
+import faiss
 import numpy as np
 import torch
 from pydantic import Field
 from torch import Tensor
 
 from semid_pipeline.core.artifacts import Artifact, register_artifact
+from semid_pipeline.core.device import configure_threads
 from semid_pipeline.core.progress import ProgressFn
 from semid_pipeline.core.tokenizers.rqkmeans import RQKMeans, RQKMeansParams, fit_rqkmeans
 from semid_pipeline.core.tokenizers.rqvae import RQVAE, RQVAEParams, _check_embeddings, train_rqvae
@@ -225,6 +227,7 @@ def train_tokenizer(
     """
     x = _check_embeddings(embeddings)
     n = x.shape[0]
+    faiss.omp_set_num_threads(configure_threads(None))  # SEMID_NUM_THREADS for torch and faiss alike
     sup = _sub(params, SupervisionParams)
     vocab = build_tag_vocab(tag_paths, params.tag_levels, params.min_tag_items) if tag_paths is not None else None
     if vocab is not None and len(vocab.labels) != n:
@@ -246,6 +249,7 @@ def train_tokenizer(
                 if embed_texts is None:
                     raise ValueError("tag_alignment needs embed_texts to embed the tag texts")
                 tag_emb = [np.asarray(embed_texts(keys), dtype=np.float32) for keys in vocab.keys]
+            torch.manual_seed(params.seed)  # heads/projectors initialise identically on every run
             extra = SupervisedLoss(
                 sup, params.latent_dim, params.n_levels, train_labels, vocab.parents if vocab else None, tag_emb,
                 n_classes=[max(len(k), 1) for k in vocab.keys] if vocab else None,

@@ -1,0 +1,118 @@
+"""Tokenizer ablation (HiD-VAE Tables 2/3 shape): the recommender trained on each tokenizer variant.
+
+For ``--dataset demo`` (the synthetic catalogue) or ``amazon-beauty``: embed item texts with the
+bundled MiniLM (cached under ``benchmarks/results/data/``), take each item's category path
+(truncated to 3 levels) as its tags, then for every variant train the tokenizer, resolve
+collisions, train the recommender under a fixed budget and evaluate Recall/NDCG@5/10 on the test
+split. Writes JSON (and a Markdown table) under ``benchmarks/results/``.
+
+    SEMID_NUM_THREADS=1 python benchmarks/tokenizer_ablation.py --dataset demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from semid_pipeline.core.recommender.model import RecommenderParams
+from semid_pipeline.core.recommender.train import TrainParams
+from semid_pipeline.core.tokenizers.ablation import AblationParams, run_tokenizer_ablation
+from semid_pipeline.core.tokenizers.base import TokenizerParams
+from semid_pipeline.core.tokenizers.variants import VARIANTS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(dataset: str, cache: Path, root: str):
+    from semid_pipeline.core.data.preprocess import PreprocessParams, build_tables
+
+    if dataset == "demo":
+        from semid_pipeline.core.data.demo import DemoParams, generate_demo
+
+        raw = generate_demo(DemoParams())
+    else:
+        from semid_pipeline.core.data.amazon import AmazonParams, load_amazon
+
+        raw = load_amazon(AmazonParams(format="p5", category="Beauty", root=root))
+    prep = build_tables(raw, PreprocessParams())
+    items = prep.items.sort_values("item_idx")
+    ids = np.asarray(items["item_id"].astype(str).to_numpy(), dtype=str)
+    paths = [list(p)[:3] for p in items["category_path"]]
+    if cache.exists():
+        z = np.load(cache, allow_pickle=False)
+        if list(z["item_id"]) == list(ids):
+            return prep.user_sequences, paths, z["embedding"]
+    from semid_pipeline.core.enrich.text_encoder import TextEncoder
+
+    emb = TextEncoder().encode(items["text"].astype(str).tolist(), progress=print)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, item_id=ids, embedding=emb)
+    return prep.user_sequences, paths, emb
+
+
+def main() -> None:
+    shared = Path(os.environ.get("SEMID_SHARED_DIR", ROOT.parent / "shared"))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="demo", choices=["demo", "amazon-beauty"])
+    ap.add_argument("--root", default=str(shared / "datasets" / "amazon-beauty"))
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--collision_strategy", default="append_token", choices=["append_token", "sinkhorn"])
+    ap.add_argument("--codebook_size", type=int, default=None, help="Tokenizer K (default 64 on demo, 256 on Beauty).")
+    ap.add_argument("--tokenizer_epochs", type=int, default=50)
+    ap.add_argument("--rec_epochs", type=int, default=10, help="Recommender epochs per variant (the budget).")
+    ap.add_argument("--rec_minutes", type=float, default=None, help="Optional wall-clock budget per variant.")
+    ap.add_argument("--eval_max_users", type=int, default=1000)
+    ap.add_argument("--min_tag_items", type=int, default=30)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    threads = int(os.environ.get("SEMID_NUM_THREADS", "1"))
+    torch.set_num_threads(threads)
+    tag = "demo" if args.dataset == "demo" else "beauty"
+    out = Path(args.out or ROOT / "benchmarks" / "results" / f"tokenizer_ablation_{tag}.json")
+    seqs, paths, x = load(args.dataset, ROOT / "benchmarks" / "results" / "data" / f"{tag}_minilm.npz", args.root)
+    from semid_pipeline.core.enrich.text_encoder import TextEncoder
+
+    encoder = TextEncoder()
+    k = args.codebook_size or (64 if args.dataset == "demo" else 256)
+    tok = TokenizerParams(codebook_size=k, epochs=args.tokenizer_epochs, min_tag_items=args.min_tag_items, seed=args.seed)
+    # the demo config's recommender (configs/demo.yaml), a fixed epoch budget per variant
+    model = RecommenderParams(d_model=64, n_encoder_layers=1, n_decoder_layers=1, n_heads=2, d_head=32, d_ff=256)
+    train = TrainParams(
+        epochs=args.rec_epochs, warmup_steps=100, batch_size=16, lr=0.003, eval_max_users=args.eval_max_users, patience=5,
+        max_train_minutes=args.rec_minutes, num_threads=threads,
+    )
+    params = AblationParams(variants=args.variants.split(","), collision_strategy=args.collision_strategy, seed=args.seed)
+    t = time.time()
+    table = run_tokenizer_ablation(x, paths, seqs, params, tok, model, train, encoder.encode, progress=print)
+    result = {
+        "dataset": args.dataset,
+        "n_items": int(len(x)),
+        "n_users": int(len(seqs)),
+        "tags": "category paths truncated to 3 levels",
+        "collision_strategy": args.collision_strategy,
+        "tokenizer": tok.model_dump(),
+        "recommender": {**model.model_dump(), **train.model_dump()},
+        "threads": threads,
+        "wall_seconds": round(time.time() - t, 1),
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__},
+        "git_commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
+        "rows": table.to_dict(orient="records"),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=float))
+    out.with_suffix(".md").write_text(table.to_markdown(index=False, floatfmt=".4f") + "\n")
+    print(table.to_string())
+    print("wrote", out)
+
+
+if __name__ == "__main__":
+    main()

@@ -130,7 +130,7 @@ class _BeamDecoder:
         b, w = tokens.shape
         n, heads, d_head = b * w, self.n_heads, self.d_head
         hd = heads * d_head
-        x = self.model.embed(tokens).reshape(n, -1)
+        x = self.model.embed(tokens).reshape(n, -1).clone()  # our own tensor: residuals are added in place
         for layer, w_qkv, (mem_kt, mem_v), past in zip(self.layers, self.qkv_weights, self.memory, self.past):
             # self-attention of every beam over its s + 1 keys: BOS (shared by the user's beams), ancestors, itself
             h = layer.norm1(x)
@@ -146,17 +146,19 @@ class _BeamDecoder:
             out = attn[..., 0, None] * keys_values[0][:, :, 1]
             for j in range(1, len(keys_values)):
                 out.addcmul_(attn[..., j, None], keys_values[j][:, :, 1])
-            x = x + layer.self_attn.out(out.view(n, hd))
+            x = x.add_(layer.self_attn.out(out.view(n, hd)))
             # cross-attention: the W beams of a user are W queries against the shared memory
             q = layer.cross_attn.q(layer.norm2(x)).view(b, w, heads, d_head).transpose(1, 2)  # [B, h, W, dh]
             attn = torch.matmul(q, mem_kt).mul_(self.scale).add_(self.memory_bias).softmax(dim=-1)  # [B, h, W, Le]
-            x = x + layer.cross_attn.out(torch.matmul(attn, mem_v).transpose(1, 2).reshape(n, hd))
-            x = x + _mlp(layer.mlp, layer.norm3(x))
+            x = x.add_(layer.cross_attn.out(torch.matmul(attn, mem_v).transpose(1, 2).reshape(n, hd)))
+            x = x.add_(_mlp(layer.mlp, layer.norm3(x)))
         return self.model.decoder_norm(x)
 
 
 def _mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``mlp(x)`` for an ``nn.Sequential`` MLP, with its ReLUs applied in place (saves one ``[n, d_ff]`` pass)."""
+    """``mlp(x)``; for an ``nn.Sequential`` MLP (``model.MLP``) its ReLUs run in place (saves one ``[n, d_ff]`` pass)."""
+    if not isinstance(mlp, nn.Sequential):
+        return mlp(x)
     for module in mlp:
         x = F.relu_(x) if isinstance(module, nn.ReLU) else module(x)
     return x

@@ -16,6 +16,7 @@ from semid_pipeline.core.tokenizers.rqvae import RQVAE, RQVAEParams
 from semid_pipeline.core.tokenizers.versioning import (
     VersionMismatchError,
     append_versions,
+    check_decodable,
     check_same_version,
     diff_versions,
     list_versions,
@@ -128,6 +129,10 @@ def test_retrained_tokenizer_diff_reports_moved_items_and_version_guard():
         check_same_version(None, v_b)
     with pytest.raises(KeyError, match="unknown version"):
         diff_versions(table, "tok-nope", v_b)
+    sids = np.array([[1, 2, 0], [1, 2, 1], [3, 0, 0]])
+    check_decodable(sids, (4, 3, 2))
+    with pytest.raises(VersionMismatchError, match=r"1 items \(e.g. \['new'\]\) have SID tokens outside"):
+        check_decodable(sids, (4, 3, 1), np.array(["a", "new", "c"], dtype=object))
 
 
 def test_incoming_files_parse_last_wins_and_bad_lines_name_file_and_line(tmp_path):

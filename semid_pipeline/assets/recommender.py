@@ -11,7 +11,7 @@ from semid_pipeline.core.recommender.rl import GRPOParams, train_grpo
 from semid_pipeline.core.storage import table_path
 from semid_pipeline.core.recommender.train import TrainParams, recommend, train_recommender
 from semid_pipeline.core.recommender.trie import SIDTrie
-from semid_pipeline.core.tokenizers.versioning import check_same_version
+from semid_pipeline.core.tokenizers.versioning import check_decodable, check_same_version
 from semid_pipeline.metadata import line_plot, md_table
 from semid_pipeline.partitions import dataset_partitions
 from semid_pipeline.resources import StorageResource, TextEncoderResource
@@ -146,6 +146,7 @@ def generative_recommendations(
     trained_on = (getattr(generative_recommender, "artifact_extra", None) or {}).get("tokenizer_version")
     check_same_version(trained_on, sid_version(semantic_ids), "generative_recommender")
     sids = sid_matrix(semantic_ids)
+    check_decodable(sids, generative_recommender.vocab.level_sizes, semantic_ids.sort_values("item_idx")["item_id"].to_numpy())
     trie = SIDTrie.from_sids(sids)
     item_ids = semantic_ids.sort_values("item_idx")["item_id"].to_numpy()
     user_idx = user_sequences["user_idx"].to_numpy(np.int64)

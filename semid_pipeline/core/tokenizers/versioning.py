@@ -237,6 +237,27 @@ def check_same_version(trained_on: str | None, current: str | None, what: str = 
         )
 
 
+def check_decodable(sids: np.ndarray, level_sizes: Any, item_ids: Any = None) -> None:
+    """Raises :class:`VersionMismatchError` when a SID uses a token the model's vocabulary lacks.
+
+    A frozen re-tokenization keeps the tokenizer version, but a new item may still get a code or a
+    de-duplication token no item had when the recommender was trained (``level_sizes`` = its
+    vocabulary's tokens per level); such an item cannot be decoded until the model is retrained.
+    """
+    arr = np.asarray(sids, dtype=np.int64)
+    sizes = np.asarray(tuple(level_sizes), dtype=np.int64)
+    if arr.ndim != 2 or arr.shape[1] != len(sizes):
+        raise VersionMismatchError(f"SIDs have {arr.shape[-1]} tokens but the model was trained on {len(sizes)}-token SIDs; retrain it")
+    bad = (arr >= sizes).any(axis=1)
+    if bad.any():
+        example = list(np.asarray(item_ids, dtype=object)[bad][:3]) if item_ids is not None else np.flatnonzero(bad)[:3].tolist()
+        raise VersionMismatchError(
+            f"{int(bad.sum())} items (e.g. {example}) have SID tokens outside the vocabulary the model was trained "
+            f"with (tokens per level {sizes.tolist()}): new items from a frozen re-tokenization; retrain "
+            "generative_recommender on the current semantic_ids to recommend them."
+        )
+
+
 def _json_default(o: Any) -> Any:
     if hasattr(o, "tolist"):
         return o.tolist()

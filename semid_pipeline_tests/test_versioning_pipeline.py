@@ -119,6 +119,8 @@ def test_failing_blocking_check_stops_training_and_recommender_refuses_other_tok
 
     x = np.stack(storage.read_table(data_dir, "item_text_embeddings", "demo")["embedding"].to_numpy()).astype(np.float32)
     save_artifact(_tokenizer(1, x), storage.model_dir(data_dir, "sid_tokenizer", "demo"))  # a retrained tokenizer
+    with pytest.raises(Exception, match="needs the tokenizer that made the previous assignment"):
+        _run(data_dir, ["semantic_ids"], {"ops": {"semantic_ids": {"config": {"mode": "frozen"}}}})
     _run(data_dir, ["semantic_ids"])
     with pytest.raises(VersionMismatchError, match="tokenizer version"):
         _run(data_dir, ["generative_recommendations"], {"ops": recs})

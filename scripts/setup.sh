@@ -10,4 +10,5 @@ fi
 python -m pip install -q --upgrade pip
 # torch first, pinned: an unpinned resolver would pull the multi-GB CUDA build.
 python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[dev]"
+# [llm] builds llama-cpp-python from source (several minutes on 2 cores; no multimodal library, portable CPU code)
+CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF}" python -m pip install -q -e ".[dev,llm,vision]"

@@ -8,9 +8,11 @@ from semid_pipeline.assets import (
     baselines,
     captions,
     catalog,
+    descriptors,
     embeddings,
     evaluation,
     explanations,
+    image_embeddings,
     ingestion,
     preprocessing,
     recommender,
@@ -28,7 +30,7 @@ from semid_pipeline.paths import default_data_dir, default_shared_dir
 from semid_pipeline.resources import DatasetsResource, LLMResource, StorageResource, TextEncoderResource
 from semid_pipeline.sensors import incoming_items_sensor
 
-ASSET_MODULES = [ingestion, preprocessing, tags, captions, embeddings, tokenizer, semantic_ids, recommender, baselines, evaluation, explanations, catalog, sid_versions, retrieval, tokenizer_quality]
+ASSET_MODULES = [ingestion, preprocessing, tags, captions, image_embeddings, descriptors, embeddings, tokenizer, semantic_ids, recommender, baselines, evaluation, explanations, catalog, sid_versions, retrieval, tokenizer_quality]
 
 
 def build_resources(data_dir: str | None = None, datasets_options_json: str | None = None) -> dict:

@@ -57,3 +57,12 @@ def bar_plots(series: Dict[str, List[float]], title: str) -> MetadataValue:
         ax.set_xlabel("code (sorted by use)", fontsize=8)
     fig.suptitle(title, fontsize=10)
     return png_markdown(fig)
+
+
+_LLM_KEYS = ("calls", "cache_hits", "retries", "invalid_answers", "prompt_tokens", "completion_tokens", "tokens", "seconds")
+
+
+def llm_run_metadata(stats: Mapping[str, float]) -> Dict[str, float]:
+    """A model client's per-run counters (``LLMClient.stats_since``) as ``llm_*`` metadata entries;
+    all zero when the stage made no client (so every LLM stage reports the same keys)."""
+    return {f"llm_{k}": (float(stats.get(k, 0.0)) if k == "seconds" else int(stats.get(k, 0))) for k in _LLM_KEYS}

@@ -5,6 +5,7 @@ Per environment: ``definitions.py`` builds them from environment variables; test
 """
 
 import json
+from pathlib import Path
 from typing import Any, Dict, Optional
 
 from dagster import ConfigurableResource
@@ -27,6 +28,10 @@ class StorageResource(ConfigurableResource):
         path = storage.duckdb_path(self.data_dir).with_name(f"{name}.duckdb")
         path.parent.mkdir(parents=True, exist_ok=True)
         return str(path)
+
+    def image_cache_dir(self) -> Path:
+        """Downloaded item images (hash-named files), shared by the caption and image-embedding stages."""
+        return storage.duckdb_path(self.data_dir).parent / "image_cache"
 
 
 class DatasetsResource(ConfigurableResource):
@@ -59,8 +64,16 @@ class TextEncoderResource(ConfigurableResource, TextEncoderParams):
 class LLMResource(ConfigurableResource, LLMParams):
     """One OpenAI-compatible chat client for every LLM / VLM stage (base URL, model, key env var)."""
 
-    def get_client(self, cache_path: Optional[str] = None) -> LLMClient:
+    def get_client(
+        self, cache_path: Optional[str] = None, model: Optional[str] = None, base_url: Optional[str] = None
+    ) -> LLMClient:
+        """A client; ``model`` / ``base_url`` override the resource's per stage (e.g. a VLM for captions).
+        The API key is read from the environment variable ``api_key_env`` by the client, never stored here."""
         params = {k: getattr(self, k) for k in LLMParams.model_fields}
         if cache_path and not params.get("cache_path"):
             params["cache_path"] = cache_path
+        if model:
+            params["model"] = model
+        if base_url:
+            params["base_url"] = base_url
         return LLMClient(LLMParams(**params))

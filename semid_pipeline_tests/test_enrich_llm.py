@@ -342,3 +342,24 @@ def test_caption_model_error_is_recorded(tmp_path):
     assert "HTTP 400" in frame["detail"][0] and frame["detail"][1] == "empty caption"
     with pytest.raises(ValueError, match="needs an LLMClient"):
         caption_items(items, CaptionParams(backend="openai"))
+
+
+def test_json_object_dialect_fallback():
+    """A server that rejects response_format type json_schema (llama-cpp-python's) is re-asked with
+    {type: json_object, schema} once, and spoken to in that dialect from then on."""
+
+    def responder(body: dict, n: int) -> Reply:
+        fmt = body.get("response_format", {})
+        if fmt.get("type") != "json_object":
+            return 422, {"detail": [{"loc": ["body", "response_format", "type"], "msg": "Input should be 'text' or 'json_object'"}]}
+        return completion(json.dumps({"tag": fmt["schema"]["properties"]["tag"]["enum"][2]}))
+
+    with FakeServer(responder) as server:
+        client = client_for(server, max_retries=0)
+        assert client.choose("which tag?", CANDS) == "Hair Spray"
+        assert client.choose("another?", CANDS) == "Hair Spray"
+        assert [r["response_format"]["type"] for r in server.requests] == ["json_schema", "json_object", "json_object"]
+        assert client.stats["retries"] == 1
+        strict = client_for(server, max_retries=0, response_format_style="json_schema")
+        with pytest.raises(LLMError, match="HTTP 422"):
+            strict.choose("which tag?", CANDS)

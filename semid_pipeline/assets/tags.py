@@ -8,7 +8,7 @@ from dagster import AssetExecutionContext, AssetIn, AssetOut, Config, Output, mu
 from semid_pipeline.core.data.registry import DATASETS
 from semid_pipeline.core.enrich.tags import TagParams, TagPool, make_classifier, tag_items
 from semid_pipeline.core.io_utils import read_any_table
-from semid_pipeline.metadata import md_table
+from semid_pipeline.metadata import llm_run_metadata, md_table
 from semid_pipeline.partitions import dataset_partitions
 from semid_pipeline.resources import LLMResource, StorageResource, TextEncoderResource
 
@@ -21,6 +21,8 @@ class TagConfig(Config, TagParams):
     """
 
     tag_pool_path: Optional[str] = None
+    llm_model: Optional[str] = None
+    llm_base_url: Optional[str] = None
 
 
 @multi_asset(
@@ -49,13 +51,26 @@ def hierarchical_tags(
         pool = TagPool.from_table(spec.tag_pool(items), source=f"built-in tag pool of {context.partition_key!r}")
     else:
         pool = TagPool.from_paths(items["category_path"].tolist(), depth=params.depth)
-    client = llm.get_client(cache_path=storage.cache_path("llm_cache_tags")) if params.classifier == "llm" else None
+    client = None
+    if params.classifier == "llm" and len(pool):
+        client = llm.get_client(storage.cache_path("llm_cache_tags"), config.llm_model, config.llm_base_url)
+    run_stats: dict = {}
     try:
-        table, stats = tag_items(items, pool, text_encoder.get(), params, make_classifier(params, client), progress=context.log.info)
+        before = client.stats if client is not None else None
+        classifier = make_classifier(params if len(pool) else params.model_copy(update={"classifier": "retrieval"}), client)
+        table, stats = tag_items(items, pool, text_encoder.get(), params, classifier, progress=context.log.info)
+        if client is not None:
+            run_stats = client.stats_since(before)
     finally:
         if client is not None:
             client.close()
-    metadata = {k: v for k, v in stats.items() if isinstance(v, (int, float, str))}
+    if not len(pool):
+        stage = "skipped: the items have no category paths and no tag_pool_path was given"
+    else:
+        stage = f"ran (classifier={params.classifier}" + (f", model={client.params.model})" if client is not None else ")")
+    context.log.info(f"tags: {stage}")
+    metadata = {k: v for k, v in stats.items() if isinstance(v, (int, float, str)) and k not in ("llm_calls", "cache_hits")}
+    metadata.update({"stage": stage, "classifier": params.classifier, **llm_run_metadata(run_stats)})
     accuracy = stats.get("accuracy") or []
     if accuracy:
         metadata["generated_vs_true_accuracy"] = md_table(pd.DataFrame({"level": range(1, len(accuracy) + 1), "accuracy": accuracy}))

@@ -28,7 +28,7 @@ events tie; ratings follow Amazon's skew towards 5 stars.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 import pandas as pd
@@ -258,6 +258,10 @@ class DemoParams(BaseModel):
     item_skew: float = Field(0.8, ge=0.0, description="Zipf exponent of item popularity inside a leaf category.")
     category_skew: float = Field(0.5, ge=0.0, description="Zipf exponent of leaf-category popularity.")
     min_item_count: int = Field(5, ge=1, description="Every item gets at least this many interactions.")
+    image_dir: Optional[str] = Field(
+        None, description="Draw a simple product PNG per item into this folder and set `image` to its path "
+        "(for the caption / image-embedding stages); None = no images."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> "DemoParams":
@@ -532,6 +536,10 @@ def generate_demo(params: DemoParams) -> RawDataset:
         },
         columns=list(ITEM_COLUMNS),
     )
+    if params.image_dir:
+        from semid_pipeline.core.data.demo_images import draw_demo_images
+
+        items["image"] = draw_demo_images(cat.item_ids.tolist(), items["categories"].tolist(), params.image_dir, params.seed)
     return RawDataset(items, interactions)
 
 

@@ -10,8 +10,10 @@ Choices made here:
   honoured when longer, capped at 60 s). Other 4xx fail at once. When retries run out an
   ``LLMError`` is raised: a dead server stops the run instead of silently degrading every answer;
   the cache keeps everything answered so far, so a rerun resumes where it stopped.
-- Structured output uses ``response_format={"type": "json_schema", ..., "strict": True}``. Servers
-  that ignore it are handled by parsing the first JSON object out of the text (code fences and prose
+- Structured output uses ``response_format={"type": "json_schema", ..., "strict": True}``; servers
+  that reject that dialect with a 400/422/500 naming it (llama-cpp-python's server takes ``{"type": "json_object",
+  "schema": ...}``) are re-asked in the other dialect once and spoken to in it from then on
+  (``response_format_style='auto'``). Servers that ignore it are handled by parsing the first JSON object out of the text (code fences and prose
   around it are tolerated); for single-field schemas a bare plain-text answer is also accepted as
   that field's value (the HiD-VAE Figure 5 prompt asks for the tag "in plain text").
 - An answer that fails pydantic validation (e.g. a tag outside the candidate enum) is retried
@@ -74,12 +76,18 @@ class LLMParams(BaseModel):
     timeout_s: float = Field(60.0, gt=0, description="Per-request timeout in seconds.")
     max_retries: int = Field(4, ge=0, description="Retries on 429, 5xx, timeouts and connection errors.")
     backoff_s: float = Field(1.0, ge=0, description="First backoff delay; doubles each retry, with jitter.")
-    max_concurrency: int = Field(4, ge=1, description="Requests in flight at once in map().")
+    max_concurrency: int = Field(4, ge=1, description="Requests in flight at once, over all threads sharing the client.")
     temperature: float = Field(0.0, ge=0, description="Sampling temperature (0 = greedy, reproducible).")
     max_tokens: Optional[int] = Field(512, ge=1, description="Cap on completion tokens (None = server default).")
     cache_path: Optional[str] = Field(None, description="DuckDB answer-cache file; None disables the cache.")
     structured_output: bool = Field(
-        True, description="Send response_format=json_schema; turn off for servers that reject it."
+        True, description="Send a response_format with the JSON schema; turn off for servers that reject any."
+    )
+    response_format_style: Literal["auto", "json_schema", "json_object"] = Field(
+        "auto",
+        description="'json_schema' (OpenAI, vLLM, llama.cpp's C++ server, Ollama); 'json_object' sends "
+        "{type: json_object, schema} (llama-cpp-python's server); 'auto' starts with json_schema and switches "
+        "to json_object for the client's lifetime when the server answers 400/422 to it.",
     )
     invalid_answer_retries: int = Field(
         1, ge=0, description="Times an answer that fails validation is re-asked before giving up."
@@ -176,6 +184,17 @@ def parse_answer(text: str, schema_model: type[M]) -> M:
     raise error
 
 
+def _rejects_format(err: "openai.APIStatusError") -> bool:
+    """Whether a 400/422 answer is about the response_format (so another dialect may work)."""
+    if err.status_code not in (400, 422, 500):  # llama-cpp-python answers a bad response_format with 500
+        return False
+    try:
+        text = err.response.text
+    except Exception:  # a response without a readable body
+        text = str(err)
+    return "response_format" in text and ("json_schema" in text or "json_object" in text)
+
+
 def _describe_invalid(err: ValueError) -> str:
     """A one-line reason to quote back to the model."""
     if isinstance(err, ValidationError):
@@ -234,6 +253,9 @@ class LLMClient:
         self._cache = _AnswerCache(self.params.cache_path) if self.params.cache_path else None
         self._stats = LLMStats()
         self._stats_lock = threading.Lock()
+        self._format_style = "json_object" if self.params.response_format_style == "json_object" else "json_schema"
+        # bounds requests in flight over every thread using this client (map() or callers' own threads)
+        self._in_flight = threading.BoundedSemaphore(self.params.max_concurrency)
         self._rng = random.Random()
 
     def __repr__(self) -> str:
@@ -260,6 +282,14 @@ class LLMClient:
         with self._stats_lock:
             return asdict(self._stats)
 
+    def stats_since(self, before: dict[str, float]) -> dict[str, float]:
+        """Counters accumulated since the snapshot ``before`` (per-run metadata), plus ``tokens``."""
+        now = self.stats
+        out: dict[str, float] = {k: now[k] - before.get(k, 0) for k in now}
+        out["seconds"] = round(out["seconds"], 3)
+        out["tokens"] = out["prompt_tokens"] + out["completion_tokens"]
+        return out
+
     def _count(self, **deltas: float) -> None:
         with self._stats_lock:
             for name, delta in deltas.items():
@@ -280,28 +310,38 @@ class LLMClient:
     def _complete(self, messages: list[Message], response_format: Optional[dict[str, Any]]) -> str:
         """One chat completion with transport retries; returns the message content."""
         extra: dict[str, Any] = {}
-        if response_format is not None and self.params.structured_output:
-            extra["response_format"] = response_format
+        use_format = response_format is not None and self.params.structured_output
+        if use_format:
+            extra["response_format"] = self._styled(response_format)
         if self.params.max_tokens is not None:
             extra["max_tokens"] = self.params.max_tokens
         attempts = self.params.max_retries + 1
-        for attempt in range(attempts):
+        attempt = 0
+        while True:
             start = time.monotonic()
             try:
-                resp = self._openai.chat.completions.create(
-                    model=self.params.model, messages=messages, temperature=self.params.temperature, **extra
-                )
+                with self._in_flight:
+                    resp = self._openai.chat.completions.create(
+                        model=self.params.model, messages=messages, temperature=self.params.temperature, **extra
+                    )
             except (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError) as err:
                 self._count(calls=1, seconds=time.monotonic() - start)
+                if use_format and self._switch_dialect(err):
+                    extra["response_format"] = self._styled(response_format)
+                    continue
                 if attempt + 1 == attempts:
                     raise LLMError(
                         f"{self.params.base_url}: {type(err).__name__} after {attempts} attempts: {err}"
                     ) from err
                 self._count(retries=1)
                 time.sleep(self._backoff(attempt, err))
+                attempt += 1
                 continue
             except openai.APIStatusError as err:
                 self._count(calls=1, seconds=time.monotonic() - start)
+                if use_format and self._switch_dialect(err):
+                    extra["response_format"] = self._styled(response_format)
+                    continue
                 raise LLMError(f"{self.params.base_url}: HTTP {err.status_code}: {err}") from err
             usage = resp.usage
             self._count(
@@ -313,7 +353,25 @@ class LLMClient:
             if not resp.choices:
                 raise LLMError(f"{self.params.base_url}: response without choices")
             return resp.choices[0].message.content or ""
-        raise AssertionError("unreachable: the loop returns or raises")
+
+    def _switch_dialect(self, err: Exception) -> bool:
+        """Switches json_schema -> json_object once when the server rejected the response_format."""
+        if (
+            isinstance(err, openai.APIStatusError)
+            and self.params.response_format_style == "auto"
+            and self._format_style == "json_schema"
+            and _rejects_format(err)
+        ):
+            self._format_style = "json_object"  # e.g. llama-cpp-python's server: re-ask in its dialect
+            self._count(retries=1)
+            return True
+        return False
+
+    def _styled(self, response_format: dict[str, Any]) -> dict[str, Any]:
+        """The response_format in the dialect this client currently speaks."""
+        if self._format_style == "json_object" and response_format.get("type") == "json_schema":
+            return {"type": "json_object", "schema": response_format["json_schema"]["schema"]}
+        return response_format
 
     # -- cache -------------------------------------------------------------------------------------
 

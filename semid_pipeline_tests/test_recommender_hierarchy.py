@@ -139,3 +139,23 @@ def test_explanations_decode_recommended_and_history_paths():
     assert out["tag_path_str"].tolist()[0] == "Hair > Body > Serums" and out["sid_str"].tolist() == ["1-0-0-0", "0-1-1-0"]
     assert out["hit"].tolist() == [False, True] and out["title"].tolist() == ["D", "B"]
     assert out["history_titles"][0] == ["C", "E"] and out["history_paths"][0] == ["Skincare > Body > Masks", "Hair > Body > Serums"]
+
+
+def test_table_memo_is_invalidated_by_updates_and_grad_mode():
+    model, _ = small_model()
+    emb = model.embed
+    with torch.no_grad():
+        a = emb.table()
+        assert emb.table() is a  # shared within a pass
+    b = emb.table()
+    assert b is not a and b.requires_grad  # grad mode gets a table in the graph
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    b.sum().backward()
+    opt.step()
+    c = emb.table()
+    assert c is not b and not torch.equal(c.detach(), b.detach())  # a weight update recomputes it
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        emb.ids.weight.zero_()
+    model.load_state_dict(state)
+    torch.testing.assert_close(emb.table().detach(), c.detach())

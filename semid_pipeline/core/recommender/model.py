@@ -136,11 +136,28 @@ class HierarchicalTokenEmbedding(nn.Module):
         self.no_tag = nn.Parameter(torch.zeros(tag_table.shape[1]))
         self.proj = nn.Linear(d_id + d_type + tag_table.shape[1], d_model)
         self.register_buffer("type_of_token", torch.from_numpy(vocab.token_types()), persistent=False)
+        self._memo: Optional[Tuple[Any, torch.Tensor]] = None
 
     def table(self) -> torch.Tensor:
-        """``[vocab_size, d_model]`` embedding of every token."""
+        """``[vocab_size, d_model]`` embedding of every token.
+
+        Memoised: the encoder, the decoder and the tied head of one forward pass (and every step of a
+        beam search) share one computation. The memo key holds the weights' identities and in-place
+        version counters (an optimizer step invalidates it), whether autograd records, and the
+        autocast state, so a table is never reused across a weight update, into a graph it was not
+        built in, or in another dtype."""
+        params = (self.ids.weight, self.types.weight, self.no_tag, self.proj.weight, self.proj.bias, self.tag_table)
+        key = (
+            tuple((id(t), t.data_ptr(), t._version) for t in params),
+            torch.is_grad_enabled(),
+            torch.is_autocast_enabled(self.proj.weight.device.type),
+        )
+        if self._memo is not None and self._memo[0] == key:
+            return self._memo[1]
         tag = torch.where(self.has_tag[:, None], self.tag_table, self.no_tag.to(self.tag_table.dtype))
-        return self.proj(torch.cat([self.ids.weight, self.types(self.type_of_token), tag], dim=-1))
+        table = self.proj(torch.cat([self.ids.weight, self.types(self.type_of_token), tag], dim=-1))
+        self._memo = (key, table)
+        return table
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return F.embedding(tokens, self.table())

@@ -283,6 +283,36 @@ def write(out: str, result: Dict[str, Any], started: float) -> None:
     }
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(result, indent=2, default=float))
+    Path(out).with_suffix(".md").write_text(markdown(result))
+
+
+def markdown(result: Dict[str, Any]) -> str:
+    """The ablation table (test metrics of each validation-selected row) and the GRPO epochs."""
+    lines = [
+        f"# Recommender ablation: {result['dataset']} ({result['n_users']} users, test on {result.get('test_users')} users)",
+        "",
+        "| row | minutes | best epoch | valid R@10 (selection) | test R@5 | test N@5 | test R@10 | test N@10 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in result["rows"].items():
+        t = row["test"]
+        minutes = row.get("train_minutes", row.get("rl_minutes", 0.0))
+        sel = row.get("selection_valid") or [float("nan")]
+        lines.append(
+            f"| {name} | {minutes:.1f} | {row.get('best_epoch')} | {sel[0]:.4f} | {t['recall@5']:.4f} | {t['ndcg@5']:.4f} "
+            f"| {t['recall@10']:.4f} | {t['ndcg@10']:.4f} |"
+        )
+    for name, row in result["rows"].items():
+        if "grpo_params" not in row:
+            continue
+        lines += ["", f"## {name}: per epoch (epoch 0 = the supervised start)", "",
+                  "| epoch | reward | exact rate | KL | train s | queries/s | valid R@10 | valid N@10 |", "|---|---|---|---|---|---|---|---|"]
+        for h in row["history"]:
+            lines.append(
+                f"| {h['epoch']} | {h.get('reward', float('nan')):.4f} | {h.get('exact_rate', float('nan')):.4f} | {h.get('kl', float('nan')):.5f} "
+                f"| {h.get('train_seconds', 0.0):.0f} | {h.get('queries_per_s', 0.0):.1f} | {h['valid_recall@10']:.4f} | {h['valid_ndcg@10']:.4f} |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

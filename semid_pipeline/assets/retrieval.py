@@ -125,7 +125,8 @@ def retrieval_evaluation(
         raise InputError("query_examples", None, "no test query with a relevant product that has a training pair")
     if config.top_k < max(config.ks):
         raise ValueError(f"top_k ({config.top_k}) must be >= the largest k ({max(config.ks)})")
-    docs = product_texts(items.set_index("item_id").loc[item_ids].reset_index())
+    # semantic_ids may also cover incoming catalog items that are not in `items` yet: they get an empty text
+    docs = product_texts(items.drop_duplicates("item_id").set_index("item_id").reindex(item_ids))
     ranked = {}
     ranked["generative"], _ = generative_retriever.retrieve(task.test_texts, top_k=config.top_k,
                                                             beam_size=max(config.top_k, generative_retriever.params.beam_size),

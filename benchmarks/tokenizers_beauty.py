@@ -32,6 +32,7 @@ import torch
 
 from semid_pipeline.core.artifacts import load_artifact, save_artifact
 from semid_pipeline.core.tokenizers.base import TokenizerParams, train_tokenizer
+from semid_pipeline.core.tokenizers.collisions import resolve_collisions
 from semid_pipeline.core.tokenizers.quality import tokenizer_quality
 from semid_pipeline.core.tokenizers.variants import VARIANTS
 
@@ -61,6 +62,27 @@ def load_beauty(root: str, cache: Path):
     return ids, paths, emb
 
 
+def merge(files, out: str) -> None:
+    """Merges per-process result files; variants trained in two processes are compared code by code."""
+    merged: dict = {}
+    determinism = []
+    for f in files:
+        r = json.loads(Path(f).read_text())
+        if "determinism" in r:
+            determinism.append(r["determinism"])
+        for name, entry in r.get("variants", {}).items():
+            if name in merged.get("variants", {}):
+                a, b = merged["variants"][name].get("codes_file"), entry.get("codes_file")
+                same = bool(a and b and np.array_equal(np.load(a), np.load(b)))
+                determinism.append({"variant": name, "retrain_identical_codes_separate_processes": same, "runs": [a, b]})
+                continue
+            merged.setdefault("variants", {})[name] = entry
+        merged.update({k: v for k, v in r.items() if k not in ("variants", "determinism")})
+    merged["determinism"] = determinism
+    Path(out).write_text(json.dumps(merged, indent=2, default=float))
+    print(json.dumps(determinism, indent=1))
+
+
 def main() -> None:
     shared = Path(os.environ.get("SEMID_SHARED_DIR", ROOT.parent / "shared"))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -71,12 +93,18 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="Override RQ-VAE epochs (default: TokenizerParams).")
     ap.add_argument("--min_tag_items", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--determinism", default="hidvae", help="Variant to retrain for the determinism check ('' = skip).")
+    ap.add_argument("--determinism", default="hidvae", help="Variant whose tokenizer is saved, reloaded and re-assigned ('' = skip).")
+    ap.add_argument("--retrain_check", action="store_true", help="Also retrain that variant with the same seed and compare SIDs.")
+    ap.add_argument("--save_codes", default="", help="Folder for each variant's codes/SIDs (.npy), to compare runs of separate processes.")
+    ap.add_argument("--merge", default="", help="Comma-separated result JSONs to merge into --out (codes compared when saved).")
     ap.add_argument("--embed_only", action="store_true")
     args = ap.parse_args()
     threads = int(os.environ.get("SEMID_NUM_THREADS", "1"))
     torch.set_num_threads(threads)
 
+    if args.merge:
+        merge(args.merge.split(","), args.out)
+        return
     ids, paths, x = load_beauty(args.root, Path(args.cache))
     if args.embed_only:
         return
@@ -121,6 +149,13 @@ def main() -> None:
         }
         result["variants"][name] = entry
         trained[name] = (params, res)
+        if args.save_codes:
+            enc = res.tokenizer.encode_full(x)
+            sids = resolve_collisions(enc.codes, enc.last_distances, "sinkhorn", seed=args.seed)[0]
+            Path(args.save_codes).mkdir(parents=True, exist_ok=True)
+            np.save(Path(args.save_codes) / f"{name}_codes.npy", enc.codes)
+            np.save(Path(args.save_codes) / f"{name}_sids.npy", sids)
+            entry["codes_file"] = str(Path(args.save_codes) / f"{name}_codes.npy")
         print(name, json.dumps({k: v for k, v in q.summary.items()}, default=float))
         Path(args.out).write_text(json.dumps(result, indent=2, default=float))
 
@@ -132,16 +167,16 @@ def main() -> None:
             reloaded = load_artifact(Path(tmp) / "tok")
             codes_b = reloaded.encode(x).numpy()
             paths_equal = reloaded.decode_paths(codes_a[:200]) == res.tokenizer.decode_paths(codes_a[:200])
-        t = time.time()
-        again = train_tokenizer(x, params, paths, embed_texts)
-        codes_c = again.tokenizer.encode(x).numpy()
         result["determinism"] = {
             "variant": args.determinism,
             "reload_identical_codes": bool(np.array_equal(codes_a, codes_b)),
             "reload_identical_paths": bool(paths_equal),
-            "retrain_identical_codes": bool(np.array_equal(codes_a, codes_c)),
-            "retrain_seconds": round(time.time() - t, 1),
         }
+        if args.retrain_check:
+            t = time.time()
+            again = train_tokenizer(x, params, paths, embed_texts)
+            result["determinism"]["retrain_identical_codes"] = bool(np.array_equal(codes_a, again.tokenizer.encode(x).numpy()))
+            result["determinism"]["retrain_seconds"] = round(time.time() - t, 1)
         print("determinism", result["determinism"])
     Path(args.out).write_text(json.dumps(result, indent=2, default=float))
     print("wrote", args.out)

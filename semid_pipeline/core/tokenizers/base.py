@@ -262,11 +262,13 @@ def train_tokenizer(
         quantizer = fit_rqkmeans(x, _sub(params, RQKMeansParams), progress=progress)
     settings = {"tag_levels": params.tag_levels, "min_tag_items": params.min_tag_items, "heldout_fraction": params.heldout_fraction, "seed": params.seed}
     tok = SIDTokenizer(quantizer, heads, vocab.keys if vocab is not None else [], source, settings)
-    if vocab is not None and heads is None:
+    if vocab is not None:
+        # classifiers on the final frozen codewords: a probe for tokenizers without tag prediction,
+        # a refit of the jointly trained heads otherwise (their inputs moved during training)
         q = tok.encode_full(x).quantized
         tok.heads = fit_probe_heads(
             q, train_labels[:, : tok.n_levels], q.shape[-1], epochs=params.probe_epochs, seed=params.seed,
-            n_classes=[max(len(k), 1) for k in vocab.keys],
+            n_classes=[max(len(k), 1) for k in vocab.keys], init=heads,
         )
-        tok.heads_source = "probe"
+        tok.heads_source = "probe" if heads is None else "trained+refit"
     return TokenizerResult(tok, history, vocab, heldout)

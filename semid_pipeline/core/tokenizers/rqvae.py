@@ -83,6 +83,12 @@ class RQVAEParams(BaseModel):
         ge=1,
         description="Steps per usage window: a code unused in all of them counts as dead and is restarted (checked every window steps).",
     )
+    collision_batches: bool = Field(
+        default=False,
+        description="From the second epoch on, items that shared a full SID in the previous epoch are batched together "
+        "(colliding groups contiguous, group order shuffled), so an in-batch loss over colliding pairs (HiD-VAE eq. 7) "
+        "sees every pair, not only the ~B/N that random batches hold. Off = plain random shuffling.",
+    )
     seed: int = Field(default=0, description="Seed for weights, k-means, shuffling, dropout and restarts.")
     device: str = Field(default="auto", description="'auto', 'cpu', 'cuda' or 'cuda:N' (see core.device.resolve_device).")
 
@@ -373,6 +379,17 @@ def _reset_dead_codes(
     return restarted
 
 
+def _collision_grouped_order(codes: np.ndarray, perm: Tensor, generator: torch.Generator) -> Tensor:
+    """Reorders the shuffled items ``perm`` so that items with the same code tuple are contiguous;
+    groups (singletons included) appear in a seeded random order, items inside a group in ``perm`` order."""
+    _, inverse = np.unique(codes, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    group_rank = torch.randperm(int(inverse.max()) + 1, generator=generator).numpy()
+    p = perm.numpy()
+    order = np.argsort(group_rank[inverse[p]], kind="stable")
+    return torch.from_numpy(p[order].copy())
+
+
 def train_rqvae(
     embeddings: np.ndarray,
     params: RQVAEParams,
@@ -429,10 +446,14 @@ def train_rqvae(
     level_offsets = torch.arange(model.n_levels, device=device) * model.codebook_size
     window_counts = torch.zeros(model.n_levels * model.codebook_size, dtype=torch.int64, device=device)
     history: List[Dict[str, Any]] = []
+    prev_codes: Optional[np.ndarray] = None
     step = 0
     for epoch in range(1, params.epochs + 1):
         model.train()
-        perm = torch.randperm(n_items, generator=shuffle_gen).to(device)
+        perm = torch.randperm(n_items, generator=shuffle_gen)
+        if params.collision_batches and prev_codes is not None:
+            perm = _collision_grouped_order(prev_codes, perm, shuffle_gen)
+        perm = perm.to(device)
         epoch_codes = torch.empty(n_items, model.n_levels, dtype=torch.int64, device=device)
         sums = torch.zeros(4 + (extra_loss is not None), dtype=torch.float64, device=device)
         extra_sums: Dict[str, float] = {}
@@ -474,6 +495,7 @@ def train_rqvae(
             record[f"perplexity_l{level}"] = level_stats["perplexity"]
             record[f"restarted_l{level}"] = int(restarted[level])
         record["collision_rate"] = collision_rate(codes_np)
+        prev_codes = codes_np
         now = time.monotonic()
         record["seconds"] = now - started
         started = now

@@ -39,6 +39,7 @@ or held out for the accuracy measurement); ``-1`` entries are left out of every 
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -396,18 +397,23 @@ class SupervisedLoss(nn.Module):
 
 def fit_probe_heads(
     quantized: Tensor, labels: np.ndarray, latent_dim: int, epochs: int = 30, lr: float = 1e-3, batch_size: int = 512,
-    dropout: float = 0.1, seed: int = 0, n_classes: Optional[List[int]] = None,
+    dropout: float = 0.1, seed: int = 0, n_classes: Optional[List[int]] = None, init: Optional[TagHeads] = None,
 ) -> TagHeads:
     """Trains tag classifiers on frozen codewords ``quantized`` ``(N, L, D)`` (rows with labels ``-1``
     are skipped per level): a probe of how much tag information a tokenizer's codes carry, used for
-    tokenizers trained without the tag-prediction loss (plain RQ-VAE, CAT-ID2, RQ-KMeans)."""
+    tokenizers trained without the tag-prediction loss (plain RQ-VAE, CAT-ID2, RQ-KMeans). With
+    ``init`` (heads trained jointly with HiD-VAE's eq. 6) training continues from them: their inputs
+    moved while the codebooks trained, so they are refitted to the final, frozen codewords."""
     lab = torch.as_tensor(np.asarray(labels, dtype=np.int64))
     if n_classes is None:
         n_classes = [int(lab[:, lv].max().item()) + 1 if lab.shape[0] else 1 for lv in range(lab.shape[1])]
     n_classes = list(n_classes)[: lab.shape[1]]
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    heads = TagHeads(latent_dim, n_classes, 1, dropout)
+    if init is not None:  # continue from jointly trained heads (their projectors / tag embeddings are kept)
+        heads = copy.deepcopy(init).cpu()
+    else:
+        heads = TagHeads(latent_dim, n_classes, 1, dropout)
     opt = torch.optim.AdamW(heads.classifiers.parameters(), lr=lr)
     q = quantized.detach().float().cpu()
     n = q.shape[0]

@@ -31,13 +31,13 @@ from semid_pipeline.core.tokenizers.variants import VARIANTS
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load(dataset: str, cache: Path, root: str):
+def load(dataset: str, cache: Path, root: str, demo_items: int = 3000, demo_users: int = 4000):
     from semid_pipeline.core.data.preprocess import PreprocessParams, build_tables
 
     if dataset == "demo":
         from semid_pipeline.core.data.demo import DemoParams, generate_demo
 
-        raw = generate_demo(DemoParams())
+        raw = generate_demo(DemoParams(n_items=demo_items, n_users=demo_users))
     else:
         from semid_pipeline.core.data.amazon import AmazonParams, load_amazon
 
@@ -67,23 +67,26 @@ def main() -> None:
     ap.add_argument("--collision_strategy", default="append_token", choices=["append_token", "sinkhorn"])
     ap.add_argument("--codebook_size", type=int, default=None, help="Tokenizer K (default 64 on demo, 256 on Beauty).")
     ap.add_argument("--tokenizer_epochs", type=int, default=50)
+    ap.add_argument("--tokenizer_batch", type=int, default=1024, help="Tokenizer batch size (use less than the catalogue size).")
     ap.add_argument("--rec_epochs", type=int, default=10, help="Recommender epochs per variant (the budget).")
     ap.add_argument("--rec_minutes", type=float, default=None, help="Optional wall-clock budget per variant.")
     ap.add_argument("--eval_max_users", type=int, default=1000)
     ap.add_argument("--min_tag_items", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--demo_items", type=int, default=3000)
+    ap.add_argument("--demo_users", type=int, default=4000)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     threads = int(os.environ.get("SEMID_NUM_THREADS", "1"))
     torch.set_num_threads(threads)
-    tag = "demo" if args.dataset == "demo" else "beauty"
+    tag = (f"demo{args.demo_items}" if args.demo_items != 3000 else "demo") if args.dataset == "demo" else "beauty"
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"tokenizer_ablation_{tag}.json")
-    seqs, paths, x = load(args.dataset, ROOT / "benchmarks" / "results" / "data" / f"{tag}_minilm.npz", args.root)
+    seqs, paths, x = load(args.dataset, ROOT / "benchmarks" / "results" / "data" / f"{tag}_minilm.npz", args.root, args.demo_items, args.demo_users)
     from semid_pipeline.core.enrich.text_encoder import TextEncoder
 
     encoder = TextEncoder()
     k = args.codebook_size or (64 if args.dataset == "demo" else 256)
-    tok = TokenizerParams(codebook_size=k, epochs=args.tokenizer_epochs, min_tag_items=args.min_tag_items, seed=args.seed)
+    tok = TokenizerParams(codebook_size=k, epochs=args.tokenizer_epochs, batch_size=args.tokenizer_batch, min_tag_items=args.min_tag_items, seed=args.seed)
     # the demo config's recommender (configs/demo.yaml), a fixed epoch budget per variant
     model = RecommenderParams(d_model=64, n_encoder_layers=1, n_decoder_layers=1, n_heads=2, d_head=32, d_ff=256)
     train = TrainParams(
@@ -97,6 +100,8 @@ def main() -> None:
         "dataset": args.dataset,
         "n_items": int(len(x)),
         "n_users": int(len(seqs)),
+        "tokenizer_epochs": args.tokenizer_epochs,
+        "recommender_epochs_budget": args.rec_epochs,
         "tags": "category paths truncated to 3 levels",
         "collision_strategy": args.collision_strategy,
         "tokenizer": tok.model_dump(),

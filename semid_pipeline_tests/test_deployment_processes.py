@@ -102,6 +102,11 @@ def test_grpc_webserver_daemon_run_and_sensor_triggered_retokenization(tmp_path)
         "TRANSFORMERS_OFFLINE": "1",
         "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
     }
+    # Create the SQLite storages once, before the webserver and the daemon open the instance at the
+    # same moment (two processes stamping a fresh schema race: "alembic_version has more than one head").
+    from dagster import DagsterInstance
+
+    DagsterInstance.from_config(str(home)).dispose()
     procs = []
     try:
         grpc = start([str(BIN / "dagster"), "api", "grpc", "-m", "semid_pipeline.definitions", "--host", "127.0.0.1", "--port", str(grpc_port)], env, tmp_path / "grpc.log")

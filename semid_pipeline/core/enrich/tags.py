@@ -399,7 +399,8 @@ def tagging_texts(items: pd.DataFrame, hide_true_tags: bool = True, max_chars: i
     return texts
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """A float32 copy of ``x`` with L2-normalised rows (faiss inner product = cosine)."""
     x = np.ascontiguousarray(x, dtype=np.float32).copy()
     if len(x):
         faiss.normalize_L2(x)
@@ -448,10 +449,10 @@ def generate_tags(
     n, n_levels = len(texts), min(params.depth, pool.n_levels)
     before = classifier.counters()
 
-    item_vecs = _unit(encoder.encode(texts, progress))
+    item_vecs = unit_rows(encoder.encode(texts, progress))
     level_tags = pool.levels[:n_levels]
     tag_strings = [t.key if params.retrieval_text == "path" else t.name for level in level_tags for t in level]
-    tag_vecs_all = _unit(encoder.encode(tag_strings, progress))
+    tag_vecs_all = unit_rows(encoder.encode(tag_strings, progress))
     bounds = np.cumsum([0] + [len(level) for level in level_tags])
     tag_vecs = [tag_vecs_all[bounds[i] : bounds[i + 1]] for i in range(n_levels)]
 

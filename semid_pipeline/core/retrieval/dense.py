@@ -13,26 +13,20 @@ from typing import Optional, Sequence, Tuple
 import faiss
 import numpy as np
 
+from semid_pipeline.core.enrich.tags import unit_rows
 from semid_pipeline.core.enrich.text_encoder import TextEncoder
 from semid_pipeline.core.progress import ProgressFn
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.float32).copy()
-    if len(x):
-        faiss.normalize_L2(x)
-    return x
 
 
 def dense_search(
     query_vecs: np.ndarray, doc_vecs: np.ndarray, top_k: int = 100
 ) -> Tuple[np.ndarray, np.ndarray]:
     """Exact cosine top-``top_k`` documents per query; ``-1`` / ``-inf`` pad when fewer documents exist."""
-    docs = _unit(doc_vecs)
+    docs = unit_rows(doc_vecs)
     index = faiss.IndexFlatIP(docs.shape[1])
     index.add(docs)
     k = min(top_k, len(docs))
-    sims, ids = index.search(_unit(query_vecs), k)
+    sims, ids = index.search(unit_rows(query_vecs), k)
     idx = np.full((len(query_vecs), top_k), -1, dtype=np.int64)
     val = np.full((len(query_vecs), top_k), -np.inf, dtype=np.float32)
     idx[:, :k], val[:, :k] = ids, sims

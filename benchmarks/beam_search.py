@@ -59,6 +59,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from run_pipeline import git_commit  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from run_pipeline import hardware as run_pipeline_hardware  # noqa: E402
 from semid_pipeline.core.artifacts import load_artifact  # noqa: E402
 from semid_pipeline.core.device import configure_threads, resolve_device  # noqa: E402
 from semid_pipeline.core.recommender.beam import constrained_beam_search  # noqa: E402
@@ -232,15 +234,6 @@ def agreement(items_a: np.ndarray, scores_a: np.ndarray, items_b: np.ndarray, sc
 
 
 # ------------------------------------------------------------------------------------------ report
-def git_commit() -> str:
-    try:
-        sha = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=REPO, text=True).strip()
-        dirty = subprocess.call(["git", "diff", "--quiet", "HEAD"], cwd=REPO) != 0
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def uptime() -> str:
     """``uptime`` of the machine (the load averages show how contended the timings were)."""
     try:
@@ -250,15 +243,7 @@ def uptime() -> str:
 
 
 def hardware(device: torch.device) -> Dict[str, object]:
-    info: Dict[str, object] = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-    }
+    info: Dict[str, object] = {**run_pipeline_hardware(), "python": platform.python_version(), "device": str(device)}
     try:
         import transformers
 

@@ -8,5 +8,7 @@ export DAGSTER_HOME=${DAGSTER_HOME:-$PWD/.dagster_home}
 mkdir -p "$DAGSTER_HOME"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 start=$(date +%s)
-dagster asset materialize -m semid_pipeline.definitions --select "*" --partition demo --config configs/demo.yaml
+# every asset of the full_pipeline job (all but the on-demand tokenizer ablation)
+SELECTION="$(python -c 'from semid_pipeline.definitions import defs; print(",".join(sorted(k.to_user_string() for k in defs.resolve_job_def("full_pipeline").asset_layer.executable_asset_keys)))')"
+dagster asset materialize -m semid_pipeline.definitions --select "$SELECTION" --partition demo --config configs/demo.yaml
 echo "demo materialized in $(( $(date +%s) - start ))s; query it: python -m semid_pipeline.query \"select * from evaluation\""

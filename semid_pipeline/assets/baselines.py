@@ -4,11 +4,10 @@ import numpy as np
 import pandas as pd
 from dagster import AssetExecutionContext, Config, Output, asset
 
-from semid_pipeline.assets.recommender import split_inputs
+from semid_pipeline.assets.recommender import split_inputs, split_top_k
 from semid_pipeline.core.baselines.popularity import most_popular
 from semid_pipeline.core.baselines.sasrec import SASRecParams, recommend_sasrec, train_sasrec
 from semid_pipeline.metadata import line_plot, md_table
-from semid_pipeline.core.recommendations import topk_frame
 from semid_pipeline.partitions import dataset_partitions
 
 
@@ -21,15 +20,13 @@ def popularity_recommendations(
     context: AssetExecutionContext, config: PopularityConfig, items: pd.DataFrame, user_sequences: pd.DataFrame
 ) -> Output:
     """Most-popular top-K per user and split, popularity counted on what each split may see."""
-    user_idx = user_sequences["user_idx"].to_numpy(np.int64)
     item_ids = items.sort_values("item_idx")["item_id"].to_numpy()
-    frames = []
-    for split in ("valid", "test"):
-        histories, _ = split_inputs(user_sequences, split)
+
+    def rank(histories, user_idx):
         top, scores = most_popular(histories, len(items), config.top_k)
-        n = len(user_idx)
-        frames.append(topk_frame("most_popular", split, user_idx, user_sequences["user_id"].to_numpy(), np.tile(top, (n, 1)), np.tile(scores, (n, 1)), item_ids))
-    recs = pd.concat(frames, ignore_index=True)
+        return np.tile(top, (len(user_idx), 1)), np.tile(scores, (len(user_idx), 1))
+
+    recs, _ = split_top_k("most_popular", user_sequences, item_ids, rank)
     return Output(recs, metadata={"n_rows": len(recs)})
 
 
@@ -65,12 +62,11 @@ def sasrec_recommendations(
     context: AssetExecutionContext, config: SASRecRecommendConfig, sasrec_model, items: pd.DataFrame, user_sequences: pd.DataFrame
 ) -> Output:
     """SASRec top-K per user for validation and test (full ranking over the catalog)."""
-    user_idx = user_sequences["user_idx"].to_numpy(np.int64)
     item_ids = items.sort_values("item_idx")["item_id"].to_numpy()
-    frames = []
-    for split in ("valid", "test"):
-        histories, _ = split_inputs(user_sequences, split)
-        top, scores = recommend_sasrec(sasrec_model, histories, top_k=config.top_k, batch_size=config.batch_size)
-        frames.append(topk_frame("sasrec", split, user_idx, user_sequences["user_id"].to_numpy(), top, scores, item_ids))
-    recs = pd.concat(frames, ignore_index=True)
+    recs, _ = split_top_k(
+        "sasrec",
+        user_sequences,
+        item_ids,
+        lambda histories, _users: recommend_sasrec(sasrec_model, histories, top_k=config.top_k, batch_size=config.batch_size),
+    )
     return Output(recs, metadata={"n_rows": len(recs)})

@@ -1,5 +1,7 @@
 """Stage 8: the TIGER-style generative recommender and its trie-constrained beam-search top-K lists."""
 
+from typing import Callable
+
 import numpy as np
 import pandas as pd
 from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, Config, Output, asset
@@ -55,6 +57,25 @@ def split_inputs(user_sequences: pd.DataFrame, split: str) -> tuple[list, np.nda
         return train, user_sequences["valid_item"].to_numpy(np.int64)
     valid = user_sequences["valid_item"].to_numpy(np.int64)
     return [np.append(t, v) for t, v in zip(train, valid)], user_sequences["test_item"].to_numpy(np.int64)
+
+
+def split_top_k(
+    model: str, user_sequences: pd.DataFrame, item_ids: np.ndarray, rank: Callable[[list, np.ndarray], tuple]
+) -> tuple[pd.DataFrame, dict]:
+    """Validation and test top-K lists of one model in the shared recommendations schema.
+
+    ``rank(histories, user_idx) -> (items [U, K], scores [U, K])`` is called once per split with
+    that split's histories (``split_inputs``). Returns the long table and the item matrix per split.
+    """
+    user_idx = user_sequences["user_idx"].to_numpy(np.int64)
+    user_ids = user_sequences["user_id"].to_numpy()
+    frames, per_split = [], {}
+    for split in ("valid", "test"):
+        histories, _ = split_inputs(user_sequences, split)
+        items, scores = rank(histories, user_idx)
+        per_split[split] = items
+        frames.append(topk_frame(model, split, user_idx, user_ids, items, scores, item_ids))
+    return pd.concat(frames, ignore_index=True), per_split
 
 
 @asset(partitions_def=dataset_partitions, group_name="recommender", io_manager_key="model_io", pool="gpu")
@@ -149,14 +170,14 @@ def generative_recommendations(
     check_decodable(sids, generative_recommender.vocab.level_sizes, semantic_ids.sort_values("item_idx")["item_id"].to_numpy())
     trie = SIDTrie.from_sids(sids)
     item_ids = semantic_ids.sort_values("item_idx")["item_id"].to_numpy()
-    user_idx = user_sequences["user_idx"].to_numpy(np.int64)
-    frames, per_split = [], {}
-    for split in ("valid", "test"):
-        histories, _ = split_inputs(user_sequences, split)
-        items, scores = recommend(generative_recommender, trie, histories, user_idx, config.beam_size, config.top_k, config.batch_size, progress=context.log.info)
-        per_split[split] = items
-        frames.append(topk_frame("generative", split, user_idx, user_sequences["user_id"].to_numpy(), items, scores, item_ids))
-    recs = pd.concat(frames, ignore_index=True)
+    recs, per_split = split_top_k(
+        "generative",
+        user_sequences,
+        item_ids,
+        lambda histories, user_idx: recommend(
+            generative_recommender, trie, histories, user_idx, config.beam_size, config.top_k, config.batch_size, progress=context.log.info
+        ),
+    )
     yield Output(recs, metadata={"n_rows": len(recs), "beam_size": config.beam_size, "top_k": config.top_k})
     test = per_split["test"]
     n_items = len(sids)

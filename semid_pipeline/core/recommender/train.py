@@ -29,7 +29,13 @@ from semid_pipeline.core.device import autocast_dtype, configure_threads, resolv
 from semid_pipeline.core.metrics import ndcg_at_k, recall_at_k
 from semid_pipeline.core.progress import ProgressFn, Throttle
 from semid_pipeline.core.recommender.beam import constrained_beam_search
-from semid_pipeline.core.recommender.data import LengthBucketSampler, build_inference_rows, build_training_rows, sorted_batches
+from semid_pipeline.core.recommender.data import (
+    LengthBucketSampler,
+    PackedRows,
+    build_inference_rows,
+    build_training_rows,
+    sorted_batches,
+)
 from semid_pipeline.core.recommender.hierarchy import HierarchyInputs, tag_embedding_table
 from semid_pipeline.core.recommender.model import GenerativeRecommender, RecommenderParams
 from semid_pipeline.core.recommender.trie import SIDTrie
@@ -67,6 +73,19 @@ class TrainParams(BaseModel):
     seed: int = Field(0, description="Seeds initialisation, dropout and batch order.")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     num_threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads (None: SEMID_NUM_THREADS or all cores).")
+    world_size: int = Field(
+        1,
+        ge=1,
+        description="Data-parallel processes (torch.distributed DDP, core/recommender/distributed.py); 1: one process. "
+        "Each rank trains batch_size rows per step (global batch = world_size * batch_size, lr unchanged); on CUDA "
+        "rank r uses cuda:r (device 'auto' or 'cuda'). Under torchrun (RANK/WORLD_SIZE set) leave 1 or give WORLD_SIZE.",
+    )
+    dist_backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto", description="torch.distributed backend when world_size > 1: auto = nccl on CUDA, gloo on CPU."
+    )
+    dist_timeout_minutes: float = Field(
+        30.0, gt=0, description="Collective timeout of the data-parallel ranks (they wait for rank 0's validation)."
+    )
 
 
 @dataclass
@@ -161,6 +180,56 @@ def build_model(mp: RecommenderParams, vocab: SIDVocab, hierarchy: Optional[Hier
     return GenerativeRecommender(mp, vocab, torch.from_numpy(table), torch.from_numpy(has_tag), hierarchy.level_tags)
 
 
+@dataclass
+class TrainingData:
+    """What the training loop derives from its inputs; shared by the single-process trainer and the
+    data-parallel ranks (``distributed.py``), so both see the same rows, batches and validation users."""
+
+    vocab: SIDVocab
+    trie: SIDTrie  # on the training device
+    user_ids: np.ndarray
+    rows: PackedRows
+    sampler: LengthBucketSampler
+    eval_users: np.ndarray
+    eval_histories: List[np.ndarray]
+    eval_targets: np.ndarray
+
+
+def prepare_training_data(
+    sids: np.ndarray,
+    train_histories: Sequence[np.ndarray],
+    valid_targets: np.ndarray,
+    valid_histories: Sequence[np.ndarray],
+    user_ids: np.ndarray,
+    mp: RecommenderParams,
+    tp: TrainParams,
+    device: torch.device,
+) -> TrainingData:
+    """Vocabulary, trie, packed training rows, the seeded batch sampler and the validation users."""
+    n_users = len(train_histories)
+    vocab = SIDVocab.from_sids(sids, mp.n_user_buckets)
+    item_tokens = vocab.item_tokens(sids)
+    trie = SIDTrie.from_sids(sids, vocab.level_sizes).to(device)
+    user_ids = np.asarray(user_ids, dtype=np.int64)
+    rows = build_training_rows(
+        train_histories,
+        vocab.user_tokens(user_ids),
+        item_tokens,
+        mp.max_history_items,
+        targets_per_row=mp.max_history_items if tp.mode == "per_user" else 1,
+    )
+    if rows.n_rows == 0:
+        raise ValueError("no training targets: every user has fewer than two training items")
+    sampler = LengthBucketSampler(rows.lengths, tp.batch_size, seed=tp.seed)
+
+    eval_users = np.arange(n_users)
+    if tp.eval_max_users is not None and tp.eval_max_users < n_users:
+        eval_users = np.sort(np.random.default_rng(tp.seed).choice(n_users, tp.eval_max_users, replace=False))
+    eval_histories = [valid_histories[u] for u in eval_users]
+    eval_targets = np.asarray(valid_targets, dtype=np.int64)[eval_users]
+    return TrainingData(vocab, trie, user_ids, rows, sampler, eval_users, eval_histories, eval_targets)
+
+
 def train_recommender(
     sids: np.ndarray,
     train_histories: Sequence[np.ndarray],
@@ -195,6 +264,12 @@ def train_recommender(
     n_users = len(train_histories)
     if not (len(valid_targets) == len(valid_histories) == len(user_ids) == n_users):
         raise ValueError("train_histories, valid_targets, valid_histories and user_ids must have one entry per user")
+    from semid_pipeline.core.recommender import distributed  # imports this module: no top-level cycle
+
+    if distributed.is_requested(tp):
+        return distributed.train_data_parallel(
+            sids, train_histories, valid_targets, valid_histories, user_ids, mp, tp, progress, hierarchy
+        )
     configure_threads(tp.num_threads)
     seed_everything(tp.seed)
     device = resolve_device(tp.device)
@@ -202,26 +277,9 @@ def train_recommender(
     started = time.monotonic()
     deadline = started + tp.max_train_minutes * 60 if tp.max_train_minutes is not None else math.inf
 
-    vocab = SIDVocab.from_sids(sids, mp.n_user_buckets)
-    item_tokens = vocab.item_tokens(sids)
-    trie = SIDTrie.from_sids(sids, vocab.level_sizes).to(device)
-    user_ids = np.asarray(user_ids, dtype=np.int64)
-    rows = build_training_rows(
-        train_histories,
-        vocab.user_tokens(user_ids),
-        item_tokens,
-        mp.max_history_items,
-        targets_per_row=mp.max_history_items if tp.mode == "per_user" else 1,
-    )
-    if rows.n_rows == 0:
-        raise ValueError("no training targets: every user has fewer than two training items")
-    sampler = LengthBucketSampler(rows.lengths, tp.batch_size, seed=tp.seed)
-
-    eval_users = np.arange(n_users)
-    if tp.eval_max_users is not None and tp.eval_max_users < n_users:
-        eval_users = np.sort(np.random.default_rng(tp.seed).choice(n_users, tp.eval_max_users, replace=False))
-    eval_histories = [valid_histories[u] for u in eval_users]
-    eval_targets = np.asarray(valid_targets, dtype=np.int64)[eval_users]
+    data = prepare_training_data(sids, train_histories, valid_targets, valid_histories, user_ids, mp, tp, device)
+    vocab, trie, user_ids, rows, sampler = data.vocab, data.trie, data.user_ids, data.rows, data.sampler
+    eval_users, eval_histories, eval_targets = data.eval_users, data.eval_histories, data.eval_targets
 
     model = build_model(mp, vocab, hierarchy).to(device)
     optimizer = _optimizer(model, tp.lr, tp.weight_decay)

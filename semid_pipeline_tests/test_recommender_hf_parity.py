@@ -75,6 +75,44 @@ def test_cpu_blocks_match_one_batch(setup, monkeypatch):
     assert_same_up_to_ties(*whole, *blocked)
 
 
+def test_last_step_skips_beams_that_cannot_reach_the_top_k(setup, monkeypatch):
+    """The last step expands the best ``top_k`` beams, then only the beams scoring at least their
+    ``top_k``-th candidate: fewer decoder rows, the same lists as expanding every beam."""
+    _, _, model, trie, batch = setup
+    last_rows = []
+    step = beam._BeamDecoder.step
+
+    def spy(self, tokens, ancestors, keep=True, users=None):
+        if not keep:
+            last_rows.append(tokens.numel())
+        return step(self, tokens, ancestors, keep, users)
+
+    monkeypatch.setattr(beam._BeamDecoder, "step", spy)
+    level_log_probs = beam._level_log_probs
+
+    def trained_like(model, states, level):
+        """A random model's last token costs ~4 nats, a trained model's (mostly a forced
+        de-duplication token) little: scale the last level's log-probabilities by 0.1 (any values
+        <= 0 keep the skipping exact)."""
+        log_probs = level_log_probs(model, states, level)
+        return 0.1 * log_probs if level == model.vocab.n_levels - 1 else log_probs
+
+    monkeypatch.setattr(beam, "_level_log_probs", trained_like)
+    pruned_items, pruned_scores = constrained_beam_search(model, batch, trie, beam_size=20, top_k=10)
+    n_users = batch.enc_tokens.shape[0]
+    assert 10 * n_users < sum(last_rows) < 20 * n_users  # some, not all, of beams 10..19 were skipped
+
+    def expand_all(expand, scores, top_k):
+        candidates, children = expand(torch.arange(scores.shape[1]))
+        top, flat = candidates.flatten(1).topk(top_k, dim=1)
+        return top, torch.where(torch.isfinite(top), children.flatten(1).gather(1, flat).long(), -1)
+
+    monkeypatch.setattr(beam, "_last_level", expand_all)
+    full_items, full_scores = constrained_beam_search(model, batch, trie, beam_size=20, top_k=10)
+    assert torch.equal(pruned_items, full_items)
+    torch.testing.assert_close(pruned_scores, full_scores, atol=1e-6, rtol=0)
+
+
 def test_prefix_allowed_tokens_walk_the_trie(setup):
     sids, vocab, _, trie, _ = setup
     allowed = TriePrefixAllowedTokens(trie, vocab)

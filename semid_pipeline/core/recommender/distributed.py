@@ -6,7 +6,9 @@ How to run it
   itself (``torch.multiprocessing``, spawn start method) on this machine and returns rank 0's best
   checkpoint to the caller. The ranks meet through a ``FileStore`` in a fresh temporary directory
   (no TCP port to pick); rank 0 hands its best checkpoint and history back as safetensors + JSON
-  in that directory (``core/artifacts.py``); the inputs travel as spawn arguments.
+  in that directory (``core/artifacts.py``); the inputs travel as spawn arguments. As with any
+  spawn-based multiprocessing, a script that calls it needs the ``if __name__ == "__main__":``
+  guard (the Dagster asset and the tests already run in importable modules).
 * Under ``torchrun`` (``RANK`` / ``WORLD_SIZE`` / ``MASTER_ADDR`` / ``MASTER_PORT`` set, e.g.
   ``torchrun --nproc-per-node 4 my_train_script.py``), every process calls
   :func:`train_recommender` as usual: it joins the process group from the environment (or uses
@@ -461,6 +463,7 @@ def train_data_parallel(
             args=(dp, inputs, mp, tp, init_config, init_tensors, workdir, messages),
             nprocs=dp.world_size,
             join=False,
+            daemon=True,
             start_method="spawn",
         )
         try:
@@ -468,6 +471,11 @@ def train_data_parallel(
                 _drain(messages, progress)
         except (torch_mp.ProcessRaisedException, torch_mp.ProcessExitedException) as e:
             raise RuntimeError(f"data-parallel training failed in a worker process: {e}") from e
+        except BaseException:  # interrupted (Ctrl-C, run termination): take the ranks down with us
+            for proc in procs.processes:
+                if proc.is_alive():
+                    proc.terminate()
+            raise
         finally:
             _drain(messages, progress)
         saved = json.loads((Path(workdir) / "history.json").read_text())

@@ -9,6 +9,10 @@ best validation Recall@10 (ties: NDCG@10) is returned; training stops after ``pa
 evaluations without improvement, after ``epochs``, or when ``max_train_minutes`` is spent. Test
 data are never touched here.
 
+Several processes / GPUs: ``world_size > 1`` (or a torchrun environment) hands the run to the
+data-parallel trainer in ``distributed.py`` (DDP; per-rank batch = ``batch_size``, same ``lr``); with
+``world_size = 1`` the single-process loop below runs unchanged.
+
 A *sample* in ``samples_per_s`` is one next-item target (= one per-prefix example), so the number
 is comparable between the ``per_user`` and ``per_prefix`` formulations.
 """

@@ -41,11 +41,12 @@ What a step does (the choices)
   costs no communication): the averaged gradient is then exactly the gradient of the mean over all
   ``T`` tokens, i.e. one data-parallel step equals a single-process step on the union of the N
   batches (tested). Gradient clipping acts on that synced global gradient.
-* Validation, checkpoint selection and stopping: rank 0 alone runs the beam-search validation while
-  the other ranks wait in a broadcast of its (Recall@10, NDCG@10). Every rank then feeds the same
-  numbers to its own :class:`BestCheckpoint` (its weights equal rank 0's), so all ranks take the
-  same keep / stop decisions without shipping weights. The ``max_train_minutes`` deadline is rank
-  0's clock, broadcast every step (only when a budget is set).
+* Validation, checkpoint selection and stopping: rank 0 alone runs the beam-search validation and
+  the checkpoint selection while the other ranks wait in a broadcast of its (Recall@10, NDCG@10,
+  stop decision). The other ranks feed the same numbers to their own :class:`BestCheckpoint` (their
+  weights equal rank 0's), so every rank ends on rank 0's best checkpoint without shipping weights.
+  The ``max_train_minutes`` deadline is rank 0's clock, broadcast every step (only when a budget
+  is set).
 * Randomness: the initial weights are the single-process ones (built from ``seed`` in the caller,
   or on every rank under torchrun; DDP also broadcasts rank 0's weights); dropout on rank ``r`` is
   seeded with ``(seed, r)`` so ranks draw different masks.
@@ -331,7 +332,7 @@ def _train_rank(
         }
         stop = out_of_time or epoch == tp.epochs
         if epoch % tp.eval_every_epochs == 0 or stop:
-            recall = ndcg = 0.0
+            recall = ndcg = decision = 0.0
             if main:
                 ranked, _ = recommend(
                     model, data.trie, data.eval_histories, data.user_ids[data.eval_users], tp.eval_beam_size, EVAL_K,
@@ -339,9 +340,12 @@ def _train_rank(
                 )
                 recall = float(recall_at_k(ranked, data.eval_targets, EVAL_K).mean())
                 ndcg = float(ndcg_at_k(ranked, data.eval_targets, EVAL_K).mean())
-            recall, ndcg = _broadcast([recall, ndcg], device)  # the other ranks wait here for rank 0
+                decision = float(checkpoint.update(model, (recall, ndcg), epoch) or stop)
+            recall, ndcg, decision = _broadcast([recall, ndcg, decision], device)  # the other ranks wait here for rank 0
+            if not main:  # the same key keeps the same (identical) weights as rank 0's checkpoint
+                checkpoint.update(model, (recall, ndcg), epoch)
             record.update({"valid_recall@10": recall, "valid_ndcg@10": ndcg})
-            stop = checkpoint.update(model, (recall, ndcg), epoch) or stop  # same key -> same decision on every rank
+            stop = bool(decision)  # rank 0 decides
         record["seconds"] = time.monotonic() - epoch_start
         history.append(record)
         report(epoch_message("", epoch, record, checkpoint.best_epoch), force=True)

@@ -82,9 +82,7 @@ def test_two_ranks_match_one_process_on_the_union_batch():
     sids, train, valid, users = tiny_data()
     mp, tp = params()
     single = train_recommender(sids, train, valid, train, users, mp, tp.model_copy(update={"batch_size": 16}))
-    started = time.monotonic()
     ddp = train_recommender(sids, train, valid, train, users, mp, tp.model_copy(update={"world_size": 2}))
-    assert time.monotonic() - started < 60
     assert ddp.best_epoch == single.best_epoch == 2 and len(ddp.history) == 2
     for a, b in zip(single.history, ddp.history):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)

@@ -80,6 +80,7 @@ from semid_pipeline.core.recommender.model import GenerativeRecommender, Recomme
 from semid_pipeline.core.recommender.train import (
     EVAL_K,
     TrainParams,
+    TrainingData,
     TrainResult,
     _autocast,
     _inverse_sqrt,
@@ -257,7 +258,7 @@ def _rank_seed(seed: int, rank: int) -> int:
 
 def _train_rank(
     model: GenerativeRecommender,
-    data,
+    data: TrainingData,
     tp: TrainParams,
     dp: DistPlan,
     rank: int,
@@ -296,12 +297,14 @@ def _train_rank(
         model.train()
         epoch_start = time.monotonic()
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        own_loss_sum = torch.zeros((), device=device)  # this rank's batch losses, for progress lines only
         n_steps = n_samples = 0
         out_of_time = False
         for step in rank_steps(sampler.epoch(epoch), rank, world, tokens, targets):
             b = rows.batch(step.rows).to(device)
             with _autocast(device, tp.mixed_precision):
-                loss = ddp(b.enc_tokens, b.enc_item, b.dec_tokens, b.dec_labels, b.dec_target, tp.label_smoothing) * step.weight
+                batch_loss = ddp(b.enc_tokens, b.enc_item, b.dec_tokens, b.dec_labels, b.dec_target, tp.label_smoothing)
+                loss = batch_loss * step.weight
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # DDP averages the gradients over the ranks
             if tp.grad_clip > 0:
@@ -309,12 +312,13 @@ def _train_rank(
             optimizer.step()
             schedule.step()
             loss_sum += loss.detach().double() / world  # summed over ranks: the step's mean token loss
+            own_loss_sum += batch_loss.detach()
             n_steps += 1
             n_samples += step.n_targets
             now = time.monotonic()
             if main and now >= next_report:
                 next_report = now + report.every_s
-                report(f"epoch {epoch} step {n_steps}/{steps_per_epoch} (rank 0 share of the loss {loss_sum.item() / n_steps:.4f})")
+                report(f"epoch {epoch} step {n_steps}/{steps_per_epoch} rank 0 loss {own_loss_sum.item() / n_steps:.4f}")
             if math.isfinite(deadline):
                 out_of_time = bool(_broadcast([float(now > deadline)], device)[0])
                 if out_of_time:

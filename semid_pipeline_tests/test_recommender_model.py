@@ -24,11 +24,13 @@ SIZES = (3, 4, 5)
 H = 6
 
 
-def tiny_model(vocab: SIDVocab, encoder_mask: str = "causal_items", weight_std: float = 0.0) -> GenerativeRecommender:
+def tiny_model(
+    vocab: SIDVocab, encoder_mask: str = "causal_items", weight_std: float = 0.0, output_vocab: str = "sid_codes"
+) -> GenerativeRecommender:
     torch.manual_seed(0)
     params = RecommenderParams(
         d_model=32, n_encoder_layers=2, n_decoder_layers=2, n_heads=2, d_head=16, d_ff=64,
-        max_history_items=H, n_user_buckets=vocab.n_user_buckets, encoder_mask=encoder_mask,
+        max_history_items=H, n_user_buckets=vocab.n_user_buckets, encoder_mask=encoder_mask, output_vocab=output_vocab,
     )
     model = GenerativeRecommender(params, vocab)
     if weight_std:  # a peaked random model, so item scores are well separated
@@ -126,9 +128,10 @@ def exhaustive_scores(model: GenerativeRecommender, sids: np.ndarray, histories,
     return logp.gather(-1, batch.dec_labels.unsqueeze(-1)).squeeze(-1).sum(-1).view(n_users, n_items)
 
 
-def test_beam_search_matches_exhaustive_scoring():
+@pytest.mark.parametrize("output_vocab", ["sid_codes", "full"])
+def test_beam_search_matches_exhaustive_scoring(output_vocab):
     sids, vocab, histories = setup()
-    model = tiny_model(vocab, weight_std=0.3)
+    model = tiny_model(vocab, weight_std=0.3, output_vocab=output_vocab)
     trie = SIDTrie.from_sids(sids, SIZES)
     users = np.arange(len(histories))
     exact = exhaustive_scores(model, sids, histories, users)
@@ -158,6 +161,44 @@ def test_beam_search_pads_small_catalogues():
     assert items.shape == (6, 10)
     assert (np.sort(items[:, :5], axis=1) == np.arange(5)).all()
     assert (items[:, 5:] == -1).all() and np.isneginf(scores[:, 5:]).all() and np.isfinite(scores[:, :5]).all()
+
+
+@pytest.mark.parametrize("output_vocab", ["sid_codes", "full"])
+def test_output_vocabulary(output_vocab):
+    """``sid_codes``: the softmax runs over the SID code tokens only (PAD, BOS and user tokens get
+    ``-inf``); the training loss is the mean NLL of that distribution, for both settings."""
+    sids, vocab, histories = setup(lengths=(2, 4, 7, 3, 5))
+    model = tiny_model(vocab, weight_std=0.2, output_vocab=output_vocab)
+    rows = build_training_rows(histories, vocab.user_tokens(np.arange(len(histories))), vocab.item_tokens(sids), H, targets_per_row=H)
+    batch = rows.batch(np.arange(rows.n_rows))
+    with torch.no_grad():
+        logits = model(batch)
+        outside = torch.cat([logits[..., :2], logits[..., vocab.user_offset :]], dim=-1)
+        assert logits.shape[-1] == vocab.vocab_size
+        if output_vocab == "sid_codes":
+            assert torch.isneginf(outside).all() and torch.isfinite(logits[..., 2 : vocab.user_offset]).all()
+        else:
+            assert torch.isfinite(logits).all()
+        torch.testing.assert_close(model.loss(batch), token_nll(model, batch).mean(), atol=1e-5, rtol=1e-5)
+
+
+def test_model_saved_without_output_vocab_loads_as_full(tmp_path):
+    """Artifacts written before ``output_vocab`` existed were trained with the full-vocabulary softmax."""
+    import json
+
+    _, vocab, _ = setup()
+    save_artifact(tiny_model(vocab, output_vocab="full"), tmp_path / "old")
+    config_files = [f for f in (tmp_path / "old").iterdir() if f.suffix == ".json"]
+    for path in config_files:
+        text = json.loads(path.read_text())
+        params = text.get("config", text).get("params") if isinstance(text.get("config", text), dict) else None
+        if params and "output_vocab" in params:
+            del params["output_vocab"]
+            path.write_text(json.dumps(text))
+            break
+    else:
+        raise AssertionError(f"no saved params in {config_files}")
+    assert load_artifact(tmp_path / "old").params.output_vocab == "full"
 
 
 def test_save_load_round_trip(tmp_path):

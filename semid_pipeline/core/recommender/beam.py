@@ -202,17 +202,19 @@ HEAD_CHUNK_ROWS = 128
 
 
 def _level_log_probs(model: GenerativeRecommender, states: torch.Tensor, level: int) -> torch.Tensor:
-    """``log_softmax(head(states))[:, level's codes]`` for ``states [n, d_model]`` -> float32 ``[n, K_level]``.
+    """``log_softmax(output logits)[:, level's codes]`` for ``states [n, d_model]`` -> float32 ``[n, K_level]``.
 
-    Only the level's slice is materialised; the full-vocabulary normaliser is a ``logsumexp``. On CPU
-    the rows go through in chunks of :data:`HEAD_CHUNK_ROWS`, so each chunk's logits are normalised
-    while still in cache (one pass over memory instead of three).
+    The softmax runs over the model's output vocabulary (``model.output_logits``: the SID codes, or
+    every token for ``output_vocab='full'``). Only the level's slice is materialised; the normaliser
+    is a ``logsumexp``. On CPU the rows go through in chunks of :data:`HEAD_CHUNK_ROWS`, so each
+    chunk's logits are normalised while still in cache (one pass over memory instead of three).
     """
-    codes = model.vocab.level_slice(level)
+    level_slice = model.vocab.level_slice(level)
+    codes = slice(level_slice.start - model.output_offset, level_slice.stop - model.output_offset)
     chunk = HEAD_CHUNK_ROWS if states.device.type == "cpu" else states.shape[0]
     parts = []
     for start in range(0, states.shape[0], chunk):
-        logits = model.head(states[start : start + chunk]).float()
+        logits = model.output_logits(states[start : start + chunk]).float()
         parts.append(logits[:, codes] - logits.logsumexp(dim=-1, keepdim=True))
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 

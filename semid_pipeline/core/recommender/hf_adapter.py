@@ -123,7 +123,7 @@ class HFRecommender(PreTrainedModel, GenerationMixin):
             causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
             for layer, kv in zip(rec.decoder_layers, rec.memory_kv(memory)):
                 x, _ = layer(x, kv, bias, self_mask=causal)
-            return Seq2SeqLMOutput(logits=rec.head(rec.decoder_norm(x)))
+            return Seq2SeqLMOutput(logits=rec.logits(rec.decoder_norm(x)))
 
         if decoder_input_ids.shape[1] != 1:
             raise ValueError(f"cached decoding takes one new token per row, got {decoder_input_ids.shape[1]}")
@@ -136,7 +136,7 @@ class HFRecommender(PreTrainedModel, GenerationMixin):
             x = x + layer.drop(layer.self_attn(h, k, v, None))
             x = x + layer.drop(layer.cross_attn(layer.norm2(x), *self._cross_kv(past_key_values, i, memory), bias))
             x = x + layer.drop(layer.mlp(layer.norm3(x)))
-        return Seq2SeqLMOutput(logits=rec.head(rec.decoder_norm(x)), past_key_values=past_key_values)
+        return Seq2SeqLMOutput(logits=rec.logits(rec.decoder_norm(x)), past_key_values=past_key_values)
 
     def _cross_kv(self, cache: EncoderDecoderCache, layer_idx: int, memory: torch.Tensor) -> KV:
         """Cross-attention keys/values of decoder layer ``layer_idx``: computed from ``memory`` at the

@@ -61,7 +61,7 @@ from torch import nn
 from semid_pipeline.core.artifacts import Artifact, register_artifact
 from semid_pipeline.core.recommender.hierarchy import LevelTags
 from semid_pipeline.core.recommender.data import IGNORE_LABEL, PAD_ITEM, USER_ITEM, SIDBatch
-from semid_pipeline.core.recommender.vocab import SIDVocab
+from semid_pipeline.core.recommender.vocab import N_SPECIAL, SIDVocab
 
 KV = Tuple[torch.Tensor, torch.Tensor]
 
@@ -78,6 +78,12 @@ class RecommenderParams(BaseModel):
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on embeddings, attention probabilities and every residual branch.")
     max_history_items: int = Field(20, ge=1, description="History items the model sees per prediction (the most recent ones).")
     n_user_buckets: int = Field(2000, ge=1, description="User ids are hashed into this many user tokens (TIGER: 2000).")
+    output_vocab: Literal["sid_codes", "full"] = Field(
+        "sid_codes",
+        description="sid_codes: the next-token softmax runs over the SID code tokens only (the decoder never emits PAD, "
+        "BOS or a user token); full: over the whole vocabulary, user tokens included, as a T5 head over TIGER's vocabulary. "
+        "With 2,000 user buckets and 3 x 256 codes, sid_codes makes the output layer 3.6x smaller.",
+    )
     tie_embeddings: bool = Field(
         True,
         description="Share the token embedding with the output head (as T5, which TIGER uses). A code seen in the "
@@ -398,16 +404,40 @@ class GenerativeRecommender(nn.Module, Artifact):
             x, _ = layer(x, kv, cross_mask, self_mask=self_mask)
         return self.decoder_norm(x)
 
+    # ---------------------------------------------------------------------------- output layer
+    @property
+    def output_offset(self) -> int:
+        """Token id of :meth:`output_logits`' first column (``N_SPECIAL`` for ``sid_codes``, 0 for ``full``)."""
+        return N_SPECIAL if self.params.output_vocab == "sid_codes" else 0
+
+    def output_logits(self, states: torch.Tensor) -> torch.Tensor:
+        """Logits of the tokens the decoder can emit, ``[..., n_out]``: column ``j`` is token
+        ``output_offset + j``. ``sid_codes``: the SID code tokens only (ids ``N_SPECIAL ..
+        user_offset - 1``; the head's weight rows of the other tokens are never multiplied);
+        ``full``: every token."""
+        if self.params.output_vocab == "full":
+            return self.head(states)
+        weight = self.head._embed[0].table() if isinstance(self.head, TiedHead) else self.head.weight
+        return F.linear(states, weight[N_SPECIAL : self.vocab.user_offset])
+
+    def logits(self, states: torch.Tensor) -> torch.Tensor:
+        """Full-vocabulary logits ``[..., vocab_size]`` (``-inf`` for tokens outside the output vocabulary)."""
+        out = self.output_logits(states)
+        if self.params.output_vocab == "full":
+            return out
+        return F.pad(out, (N_SPECIAL, self.vocab.vocab_size - self.vocab.user_offset), value=float("-inf"))
+
     def forward(self, batch: SIDBatch) -> torch.Tensor:
         """Logits ``[B, Ld, vocab_size]`` of every decoder position."""
-        return self.head(self.decode(batch, self.encode(batch.enc_tokens, batch.enc_item)))
+        return self.logits(self.decode(batch, self.encode(batch.enc_tokens, batch.enc_item)))
 
     def loss(self, batch: SIDBatch, label_smoothing: float = 0.0) -> torch.Tensor:
-        """Mean cross-entropy over every labelled decoder token of the batch (head only on those)."""
+        """Mean cross-entropy over every labelled decoder token of the batch (output layer only on those;
+        over the output vocabulary, so label smoothing spreads over the SID codes with ``sid_codes``)."""
         states = self.decode(batch, self.encode(batch.enc_tokens, batch.enc_item))
         keep = batch.dec_labels != IGNORE_LABEL
-        logits = self.head(states[keep])
-        return F.cross_entropy(logits.float(), batch.dec_labels[keep], label_smoothing=label_smoothing)
+        logits = self.output_logits(states[keep])
+        return F.cross_entropy(logits.float(), batch.dec_labels[keep] - self.output_offset, label_smoothing=label_smoothing)
 
     def decode_step(
         self,
@@ -438,7 +468,7 @@ class GenerativeRecommender(nn.Module, Artifact):
         for layer, kv, past in zip(self.decoder_layers, memory_kv, cache):
             x, kv_self = layer(x, kv, memory_mask, cache=past)
             new_cache.append(kv_self)
-        return self.head(self.decoder_norm(x)), new_cache
+        return self.logits(self.decoder_norm(x)), new_cache
 
     # -------------------------------------------------------------------------------- artifact
     def artifact_config(self) -> Dict[str, Any]:
@@ -455,7 +485,7 @@ class GenerativeRecommender(nn.Module, Artifact):
 
     @classmethod
     def from_artifact(cls, config: Dict[str, Any], tensors: Dict[str, torch.Tensor]) -> "GenerativeRecommender":
-        params = RecommenderParams(**config["params"])
+        params = RecommenderParams(**{"output_vocab": "full", **config["params"]})  # saved before output_vocab existed: full
         level_tags = LevelTags.from_dict(config["level_tags"]) if config.get("level_tags") else None
         tag_table = tensors.get("embed.tag_table") if params.embedding == "hierarchy" else None
         has_tag = tensors.get("embed.has_tag") if params.embedding == "hierarchy" else None

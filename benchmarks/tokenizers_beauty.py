@@ -34,7 +34,7 @@ from semid_pipeline.core.artifacts import load_artifact, save_artifact
 from semid_pipeline.core.tokenizers.base import TokenizerParams, train_tokenizer
 from semid_pipeline.core.tokenizers.collisions import resolve_collisions
 from semid_pipeline.core.tokenizers.quality import tokenizer_quality
-from semid_pipeline.core.tokenizers.variants import VARIANTS
+from semid_pipeline.core.tokenizers.variants import BEAUTY_SCHEDULE, VARIANTS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,8 +89,9 @@ def main() -> None:
     ap.add_argument("--root", default=str(shared / "datasets" / "amazon-beauty"))
     ap.add_argument("--cache", default=str(ROOT / "benchmarks" / "results" / "data" / "beauty_minilm.npz"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "tokenizers_beauty.json"))
-    ap.add_argument("--variants", default="rqvae,hidvae,rqkmeans")
-    ap.add_argument("--epochs", type=int, default=None, help="Override RQ-VAE epochs (default: TokenizerParams).")
+    ap.add_argument("--variants", default="rqvae,hidvae,rqkmeans", help="Comma-separated names from core/tokenizers/variants.py, or 'all'.")
+    ap.add_argument("--schedule", default="beauty", choices=["beauty", "defaults"], help="RQ-VAE training schedule: variants.BEAUTY_SCHEDULE or the TokenizerParams defaults.")
+    ap.add_argument("--epochs", type=int, default=None, help="Override RQ-VAE epochs (default: the schedule's).")
     ap.add_argument("--min_tag_items", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--determinism", default="hidvae", help="Variant whose tokenizer is saved, reloaded and re-assigned ('' = skip).")
@@ -131,18 +132,22 @@ def main() -> None:
         "variants": {},
     }
     trained = {}
-    for name in [v for v in args.variants.split(",") if v]:
-        overrides = dict(VARIANTS[name])
+    names = list(VARIANTS) if args.variants == "all" else [v for v in args.variants.split(",") if v]
+    for name in names:
+        overrides = {**BEAUTY_SCHEDULE, **VARIANTS[name]} if args.schedule == "beauty" else dict(VARIANTS[name])
         if args.epochs is not None:
             overrides["epochs"] = args.epochs
         params = TokenizerParams(seed=args.seed, min_tag_items=args.min_tag_items, **overrides)
-        t = time.time()
+        load_before = os.getloadavg()[0]
+        t, c = time.time(), time.process_time()
         res = train_tokenizer(x, params, paths, embed_texts, progress=print)
-        train_s = time.time() - t
+        train_s, train_cpu = time.time() - t, time.process_time() - c
         q = tokenizer_quality(res.tokenizer, x, res.vocab, res.heldout, ids, strategy="sinkhorn", seed=args.seed)
         entry = {
             "params": {k: v for k, v in overrides.items()},
             "train_seconds": round(train_s, 1),
+            "train_cpu_seconds": round(train_cpu, 1),  # process CPU time (all threads): wall time on idle cores x threads
+            "loadavg_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             **q.summary,
             "levels": q.levels.to_dict(orient="records"),
             "sample_paths": q.sample_paths.head(10).to_dict(orient="records"),

@@ -103,3 +103,30 @@ def test_tag_vocab_levels_parents_and_rare_filter():
     m = heldout_mask(1000, 0.1, seed=3)
     np.testing.assert_array_equal(m, heldout_mask(1000, 0.1, seed=3))
     assert 50 < m.sum() < 150
+
+
+@pytest.mark.parametrize("supervise_encoder", [True, False])
+def test_tag_losses_reach_the_encoder_only_through_the_straight_through_route(supervise_encoder):
+    from semid_pipeline.core.tokenizers.rqvae import RQVAE
+    from semid_pipeline.core.tokenizers.supervision import SupervisedLoss, SupervisionParams
+
+    torch.manual_seed(0)
+    model = RQVAE(input_dim=8, hidden_dims=[16], latent_dim=4, n_levels=2, codebook_size=4)
+    labels = np.array([[0, 0], [1, 2], [0, 1], [1, 3]])
+    sup = SupervisionParams(tag_alignment=True, tag_prediction=True, supervise_encoder=supervise_encoder)
+    loss_fn = SupervisedLoss(sup, 4, 2, labels, tag_embeddings=[np.eye(2, 3, dtype=np.float32), np.eye(4, 3, dtype=np.float32)], n_classes=[2, 4])
+    x = torch.randn(4, 8)
+    out = model(x)
+    loss_fn.eval()  # no classifier dropout: the two routes are compared on equal terms below
+    h = loss_fn.hidvae_terms(torch.arange(4), out)
+    h.total.backward()
+    enc_grad = sum(float(p.grad.abs().sum()) for p in model.encoder.parameters() if p.grad is not None)
+    assert float(model.codebooks.grad.abs().sum()) > 0  # the codewords are always supervised
+    assert (enc_grad > 0) == supervise_encoder
+    # the straight-through input has the codewords' values: same loss either way
+    out2 = model(x)
+    other = SupervisedLoss(sup.model_copy(update={"supervise_encoder": not supervise_encoder}), 4, 2, labels,
+                           tag_embeddings=[np.eye(2, 3, dtype=np.float32), np.eye(4, 3, dtype=np.float32)], n_classes=[2, 4])
+    other.load_state_dict(loss_fn.state_dict())
+    other.eval()
+    assert other.hidvae_terms(torch.arange(4), out2).total.item() == pytest.approx(h.total.item(), rel=1e-6)

@@ -52,6 +52,11 @@ class TokenizerParams(RQVAEParams, SupervisionParams):
     min_tag_items: int = Field(default=1, ge=1, description="Tags with fewer items count as missing (HiD-VAE appendix E filters < 30).")
     heldout_fraction: float = Field(default=0.1, ge=0.0, lt=1.0, description="Items whose tags are hidden from training, to measure tag accuracy.")
     probe_epochs: int = Field(default=30, ge=1, description="Epochs of the tag-classifier probe fitted on frozen codewords when the tokenizer was not trained with tag prediction.")
+    refit_epochs: int = Field(
+        default=30,
+        ge=0,
+        description="Epochs of refitting jointly trained tag classifiers (tag_prediction) to the final frozen codewords; 0 = keep them as trained.",
+    )
 
 
 class EncodeResult(NamedTuple):
@@ -262,12 +267,12 @@ def train_tokenizer(
         quantizer = fit_rqkmeans(x, _sub(params, RQKMeansParams), progress=progress)
     settings = {"tag_levels": params.tag_levels, "min_tag_items": params.min_tag_items, "heldout_fraction": params.heldout_fraction, "seed": params.seed}
     tok = SIDTokenizer(quantizer, heads, vocab.keys if vocab is not None else [], source, settings)
-    if vocab is not None:
+    if vocab is not None and (heads is None or params.refit_epochs > 0):
         # classifiers on the final frozen codewords: a probe for tokenizers without tag prediction,
         # a refit of the jointly trained heads otherwise (their inputs moved during training)
         q = tok.encode_full(x).quantized
         tok.heads = fit_probe_heads(
-            q, train_labels[:, : tok.n_levels], q.shape[-1], epochs=params.probe_epochs, seed=params.seed,
+            q, train_labels[:, : tok.n_levels], q.shape[-1], epochs=params.probe_epochs if heads is None else params.refit_epochs, seed=params.seed,
             n_classes=[max(len(k), 1) for k in vocab.keys], init=heads,
         )
         tok.heads_source = "probe" if heads is None else "trained+refit"

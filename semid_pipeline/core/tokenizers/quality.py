@@ -88,6 +88,8 @@ def tokenizer_quality(
             acc = float((pred[mask, lv] == y[mask]).mean()) if mask.any() else float("nan")
             acc_cols.append(acc)
             summary[f"tag_accuracy_l{lv + 1}"] = acc
+            seen = ~held & (y >= 0)  # items whose tags training used: the paper's Table 5 protocol (no held-out split there)
+            summary[f"tag_accuracy_seen_l{lv + 1}"] = float((pred[seen, lv] == y[seen]).mean()) if seen.any() else float("nan")
             summary[f"tag_classes_l{lv + 1}"] = int(len(vocab.keys[lv]))
         summary["heldout_items"] = int(held.sum())
     stats["tag_accuracy"] = acc_cols + [float("nan")] * (len(stats) - len(acc_cols))

@@ -437,6 +437,7 @@ def train_rqvae(
     optimizer = torch.optim.AdamW(
         [{"params": net_params, "weight_decay": params.weight_decay}, {"params": [model.codebooks], "weight_decay": 0.0}],
         lr=params.lr,
+        foreach=True,  # one multi-tensor update instead of ~10 small ops per parameter (the classifiers have many)
     )
 
     throttle = Throttle(progress)

@@ -74,6 +74,11 @@ class SupervisionParams(BaseModel):
     catid2_tau: float = Field(default=0.07, gt=0.0, description="Temperature of CAT-ID2's InfoNCE terms (not given in the paper; HiD-VAE's 0.07).")
     hcc_levels: Optional[int] = Field(default=None, ge=1, description="Quantizer levels that get HCC; None = min(tag levels, L - 1).")
     hard_negatives: bool = Field(default=True, description="CAT-ID2 hard negatives (same parent, different class) from level 2 on.")
+    supervise_encoder: bool = Field(
+        default=True,
+        description="Tag alignment / prediction gradients reach the encoder through a straight-through estimator per level "
+        "(e^(l) + r_{l-1} - sg[r_{l-1}]) as well as the codebooks; False = codebooks only (see SupervisedLoss).",
+    )
 
     @property
     def any_tags(self) -> bool:
@@ -355,13 +360,17 @@ class SupervisedLoss(nn.Module):
         align, pred, unique = zero, zero, zero
         if self.heads is not None:
             lab = self.labels[idx]
+            quantized, cumulative = out.quantized, out.cumulative
+            if p.supervise_encoder:
+                quantized = out.quantized + (out.residuals - out.residuals.detach())
+                cumulative = quantized.cumsum(dim=1)
             for lv in range(self.n_tag_levels):
                 y = lab[:, lv]
                 if p.tag_alignment:
                     tags = self.heads.projectors[lv](self.heads.tag_embeddings(lv)[y.clamp_min(0)])
-                    align = align + tag_alignment_loss(out.cumulative[:, lv], tags, y, p.tau)
+                    align = align + tag_alignment_loss(cumulative[:, lv], tags, y, p.tau)
                 if p.tag_prediction:
-                    pred = pred + focal_cross_entropy(self.heads.logits(out.quantized, lv), y, p.focal_gamma)
+                    pred = pred + focal_cross_entropy(self.heads.logits(quantized, lv), y, p.focal_gamma)
         if p.uniqueness:
             unique = uniqueness_loss(out.z_e, out.codes, p.margin)
         total = p.beta_sup * (p.beta_align * align + p.beta_pred * pred) + p.beta_unique * unique
@@ -414,7 +423,7 @@ def fit_probe_heads(
         heads = copy.deepcopy(init).cpu()
     else:
         heads = TagHeads(latent_dim, n_classes, 1, dropout)
-    opt = torch.optim.AdamW(heads.classifiers.parameters(), lr=lr)
+    opt = torch.optim.AdamW(heads.classifiers.parameters(), lr=lr, foreach=True)
     q = quantized.detach().float().cpu()
     n = q.shape[0]
     heads.train()

@@ -72,13 +72,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from semid_pipeline.core.artifacts import load_artifact, save_artifact
 from semid_pipeline.core.device import configure_threads, seed_everything
-from semid_pipeline.core.metrics import ndcg_at_k, recall_at_k
 from semid_pipeline.core.progress import ProgressFn, Throttle
 from semid_pipeline.core.recommender.data import SIDBatch
 from semid_pipeline.core.recommender.hierarchy import HierarchyInputs
 from semid_pipeline.core.recommender.model import GenerativeRecommender, RecommenderParams
 from semid_pipeline.core.recommender.train import (
-    EVAL_K,
     TrainParams,
     TrainingData,
     TrainResult,
@@ -86,8 +84,9 @@ from semid_pipeline.core.recommender.train import (
     _inverse_sqrt,
     _optimizer,
     build_model,
+    epoch_record,
     prepare_training_data,
-    recommend,
+    validate,
 )
 from semid_pipeline.core.training import BestCheckpoint, epoch_message
 
@@ -324,26 +323,12 @@ def _train_rank(
                 if out_of_time:
                     break
         dist.all_reduce(loss_sum)
-        train_seconds = time.monotonic() - epoch_start
-        mean_loss = loss_sum.item() / max(n_steps, 1)
-        if not math.isfinite(mean_loss):
-            raise FloatingPointError(f"epoch {epoch}: training loss is {mean_loss}; lower lr or enable grad_clip")
-        record: Dict[str, Any] = {
-            "epoch": epoch,
-            "loss": mean_loss,
-            "samples_per_s": n_samples / max(train_seconds, 1e-9),
-            "lr": schedule.get_last_lr()[0],
-        }
+        record = epoch_record(epoch, loss_sum.item() / max(n_steps, 1), n_samples, time.monotonic() - epoch_start, schedule.get_last_lr()[0])
         stop = out_of_time or epoch == tp.epochs
         if epoch % tp.eval_every_epochs == 0 or stop:
             recall = ndcg = decision = 0.0
             if main:
-                ranked, _ = recommend(
-                    model, data.trie, data.eval_histories, data.user_ids[data.eval_users], tp.eval_beam_size, EVAL_K,
-                    tp.eval_batch_size, progress,
-                )
-                recall = float(recall_at_k(ranked, data.eval_targets, EVAL_K).mean())
-                ndcg = float(ndcg_at_k(ranked, data.eval_targets, EVAL_K).mean())
+                recall, ndcg = validate(model, data, tp, progress)
                 decision = float(checkpoint.update(model, (recall, ndcg), epoch) or stop)
             recall, ndcg, decision = _broadcast([recall, ndcg, decision], device)  # the other ranks wait here for rank 0
             if not main:  # the same key keeps the same (identical) weights as rank 0's checkpoint

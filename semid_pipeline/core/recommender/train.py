@@ -234,6 +234,21 @@ def prepare_training_data(
     return TrainingData(vocab, trie, user_ids, rows, sampler, eval_users, eval_histories, eval_targets)
 
 
+def validate(model: GenerativeRecommender, data: TrainingData, tp: TrainParams, progress: Optional[ProgressFn]) -> Tuple[float, float]:
+    """Validation ``(Recall@10, NDCG@10)`` of ``model`` on ``data``'s validation users (constrained beam search)."""
+    ranked, _ = recommend(
+        model, data.trie, data.eval_histories, data.user_ids[data.eval_users], tp.eval_beam_size, EVAL_K, tp.eval_batch_size, progress
+    )
+    return float(recall_at_k(ranked, data.eval_targets, EVAL_K).mean()), float(ndcg_at_k(ranked, data.eval_targets, EVAL_K).mean())
+
+
+def epoch_record(epoch: int, mean_loss: float, n_samples: int, train_seconds: float, lr: float) -> Dict[str, Any]:
+    """One epoch's history entry (validation metrics and ``seconds`` are added by the caller); raises on a non-finite loss."""
+    if not math.isfinite(mean_loss):
+        raise FloatingPointError(f"epoch {epoch}: training loss is {mean_loss}; lower lr or enable grad_clip")
+    return {"epoch": epoch, "loss": mean_loss, "samples_per_s": n_samples / max(train_seconds, 1e-9), "lr": lr}
+
+
 def train_recommender(
     sids: np.ndarray,
     train_histories: Sequence[np.ndarray],
@@ -282,8 +297,7 @@ def train_recommender(
     deadline = started + tp.max_train_minutes * 60 if tp.max_train_minutes is not None else math.inf
 
     data = prepare_training_data(sids, train_histories, valid_targets, valid_histories, user_ids, mp, tp, device)
-    vocab, trie, user_ids, rows, sampler = data.vocab, data.trie, data.user_ids, data.rows, data.sampler
-    eval_users, eval_histories, eval_targets = data.eval_users, data.eval_histories, data.eval_targets
+    vocab, rows, sampler = data.vocab, data.rows, data.sampler
 
     model = build_model(mp, vocab, hierarchy).to(device)
     optimizer = _optimizer(model, tp.lr, tp.weight_decay)
@@ -323,23 +337,10 @@ def train_recommender(
             if now > deadline:
                 out_of_time = True
                 break
-        train_seconds = time.monotonic() - epoch_start
-        mean_loss = loss_sum.item() / max(n_batches, 1)
-        if not math.isfinite(mean_loss):
-            raise FloatingPointError(f"epoch {epoch}: training loss is {mean_loss}; lower lr or enable grad_clip")
-        record: Dict[str, Any] = {
-            "epoch": epoch,
-            "loss": mean_loss,
-            "samples_per_s": n_samples / max(train_seconds, 1e-9),
-            "lr": schedule.get_last_lr()[0],
-        }
+        record = epoch_record(epoch, loss_sum.item() / max(n_batches, 1), n_samples, time.monotonic() - epoch_start, schedule.get_last_lr()[0])
         stop = out_of_time or epoch == tp.epochs
         if epoch % tp.eval_every_epochs == 0 or stop:
-            ranked, _ = recommend(
-                model, trie, eval_histories, user_ids[eval_users], tp.eval_beam_size, EVAL_K, tp.eval_batch_size, progress
-            )
-            recall = float(recall_at_k(ranked, eval_targets, EVAL_K).mean())
-            ndcg = float(ndcg_at_k(ranked, eval_targets, EVAL_K).mean())
+            recall, ndcg = validate(model, data, tp, progress)
             record.update({"valid_recall@10": recall, "valid_ndcg@10": ndcg})
             stop = checkpoint.update(model, (recall, ndcg), epoch) or stop
         record["seconds"] = time.monotonic() - epoch_start

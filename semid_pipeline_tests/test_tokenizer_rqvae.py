@@ -252,3 +252,15 @@ def test_fewer_items_than_codes():
     x = clustered(n_clusters=2, per_cluster=3)  # 6 items < 8 codes
     result = train_rqvae(x, tiny_params(epochs=2), progress=quiet)
     assert result.model.encode(x).shape == (6, 2)
+
+
+def test_cosine_lr_schedule_trains_differently_and_stays_deterministic():
+    x = clustered(seed=2)
+    params = tiny_params(epochs=4, lr_schedule="cosine", seed=3)
+    a = train_rqvae(x, params, progress=quiet)
+    b = train_rqvae(x, params, progress=quiet)
+    assert torch.equal(a.model.encode(x), b.model.encode(x))
+    const = train_rqvae(x, params.model_copy(update={"lr_schedule": "constant"}), progress=quiet)
+    assert not torch.equal(a.model.codebooks, const.model.codebooks)
+    recon_cos = a.history[-1]["recon"]
+    assert np.isfinite(recon_cos) and recon_cos <= a.history[0]["recon"]

@@ -72,6 +72,11 @@ class RQVAEParams(BaseModel):
         "protects against unnormalised inputs). Stored with the model, so encode() applies it too.",
     )
     lr: float = Field(default=1e-3, gt=0.0, description="AdamW learning rate.")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        default="constant",
+        description="'constant', or 'cosine': lr decays from lr to 0 over all steps, so the last epochs settle the code "
+        "assignment instead of reshuffling it (the final codes then keep the separations the uniqueness loss made).",
+    )
     weight_decay: float = Field(default=0.0, ge=0.0, description="AdamW weight decay for encoder/decoder weights (never applied to codebooks).")
     batch_size: int = Field(default=1024, ge=1, description="Items per optimisation step.")
     epochs: int = Field(default=50, ge=1, description="Passes over the catalogue (50: converged on 12k items, ~35 s on 2 idle CPU cores).")
@@ -440,6 +445,10 @@ def train_rqvae(
         foreach=True,  # one multi-tensor update instead of ~10 small ops per parameter (the classifiers have many)
     )
 
+    total_steps = params.epochs * ((n_items + params.batch_size - 1) // params.batch_size)
+    scheduler = None
+    if params.lr_schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: float(0.5 * (1.0 + np.cos(np.pi * min(s, total_steps) / total_steps))))
     throttle = Throttle(progress)
     started = time.monotonic()
     if params.kmeans_init:
@@ -475,6 +484,8 @@ def train_rqvae(
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             step += 1
 
             sums += torch.stack([total.detach(), *(t.detach() for t in terms)]).double() * idx.numel()

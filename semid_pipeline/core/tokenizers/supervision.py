@@ -15,6 +15,13 @@ HiD-VAE (weights ``beta_sup`` for align + pred, ``beta_unique``):
   codewords ``[e^(1), ..., e^(l)]`` ("the cumulative quantized embedding ... concatenates
   embeddings from all preceding layers"), cross-entropy or focal loss (gamma 2). Its width grows
   with depth: hidden = 2 x input dim = 2 x D x (l+1) (:class:`TagClassifier`).
+- **Gradient route** (our choice; the paper writes the losses on ``z_q^(l)`` and codewords without
+  saying where their gradient goes): with ``supervise_encoder`` (default) every codeword fed to the
+  alignment and prediction losses is ``e^(l) + r_{l-1} - sg[r_{l-1}]``, VQ-VAE's straight-through
+  estimator per level: the value is the codeword, the gradient reaches both the codebook and the
+  encoder. Codebook-only supervision (``False``) can move codewords but never moves an item to
+  another code, so on Beauty it left the codes barely more tag-pure than plain RQ-VAE (held-out
+  tag accuracy 80.2/64.9/53.2% vs 93.5/82.5/67.6% with the encoder route, same 20-epoch run).
 - **Uniqueness** (eq. 7): ``mean_{(i,j) in P} max(0, cos(z_0,i, z_0,j) - m)`` over distinct
   batch pairs whose full SIDs collide; zero when there is no such pair.
 

@@ -49,18 +49,24 @@ tensor, the ``[users * beams, vocab]`` logits, stays under :data:`CPU_BLOCK_BYTE
 encoder input is trimmed to its longest history), so that the step's working set stays in cache.
 GPU batches run whole.
 
-Measured (``benchmarks/results/beam_search-cpu-1thread.json``: TIGER size, 12,101 items, beam 20,
-top 10, 256 users, 1 thread on a 2-core Xeon that was heavily shared, load average 15-20, both
-methods interleaved per group of 128 users, 3 passes): ours 25.3 users/s wall / 88.6 users per
-CPU-second vs Hugging Face ``generate`` + ``prefix_allowed_tokens_fn`` at its best batch size (8)
-6.8 / 24.6: 3.7x best vs best (3.6x in CPU time; 3.3-3.8x per pass), 8.5x at the same batch size
-(128); identical top-10 lists for every user (max score difference 2.3e-5). The previous version
-of this module (a per-beam KV cache reordered after every step, full ``log_softmax``) measured
-~20-25% slower in interleaved A/B runs on the same machine. Roughly 55-60% of our time is now in
-the matmuls themselves and ~25% in the encoder (the same ``model.encode`` as the HF path); the
-speed-up comes from work HF does and this search skips (``beam_size`` beams at step 0,
-cross-attention keys/values projected and reordered for every beam, full-vocabulary masks built by
-per-beam Python trie lookups). The 5x target of issue 3 is not reached on this machine.
+Measured against Hugging Face ``generate`` + ``prefix_allowed_tokens_fn`` on the same model, trie
+and users (``benchmarks/beam_search.py``; 12,101 items, beam 20, top 10, 1 thread on a shared
+2-core Xeon, both methods interleaved per group of users; every user's top-10 list identical,
+largest score difference <= 2.3e-5), best batch size against best batch size:
+
+* trained Beauty models (``beam_search-beauty-*-cpu-1thread.json``): d 64, 1+1 layers (the CPU
+  config) with the SID-code output layer 10.0x (730 vs 73 users/s), the same size with a
+  full-vocabulary output 7.9x (945 vs 119), TIGER size (d 128, 2+2, 3 epochs) 4.2x (353 vs 84);
+* a random-weight TIGER-size model (d 128, 4+4; ``beam_search-cpu-1thread.json``, before the
+  last-step skipping and the SID-code output layer): 3.7x (25.3 vs 6.8 users/s at load 15-20),
+  8.5x at the same batch size.
+
+At TIGER width roughly 55-60% of our time is the matrix products both methods share and ~25% the
+encoder (the same ``model.encode`` as the HF path), so the ratio comes from work HF does and this
+search skips (``beam_size`` beams at step 0, cross-attention keys/values projected and reordered
+for every beam, full-vocabulary masks built by per-beam Python trie lookups), and it falls as the
+model widens: the 5x target of issue 3 holds for the small model trained on this CPU, not at
+TIGER width on this CPU.
 """
 
 from __future__ import annotations

@@ -130,3 +130,15 @@ def test_tag_losses_reach_the_encoder_only_through_the_straight_through_route(su
     other.load_state_dict(loss_fn.state_dict())
     other.eval()
     assert other.hidvae_terms(torch.arange(4), out2).total.item() == pytest.approx(h.total.item(), rel=1e-6)
+
+
+def test_probe_heads_width_cap_keeps_paper_width_below_it():
+    from semid_pipeline.core.tokenizers.supervision import TagHeads
+
+    paper = TagHeads(latent_dim=32, n_classes=[3, 5, 7], tag_dim=1)
+    capped = TagHeads(latent_dim=32, n_classes=[3, 5, 7], tag_dim=1, max_hidden=512)
+    assert [c.feature[0].out_features for c in paper.classifiers] == [64, 128, 192]  # 2 x input width
+    assert [c.feature[0].out_features for c in capped.classifiers] == [64, 128, 192]  # cap not reached
+    wide = TagHeads(latent_dim=384, n_classes=[3, 5, 7], tag_dim=1, max_hidden=512)
+    assert [c.feature[0].out_features for c in wide.classifiers] == [512, 512, 512]
+    assert wide.logits(torch.zeros(2, 3, 384), 2).shape == (2, 7)

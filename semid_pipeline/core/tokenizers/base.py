@@ -52,6 +52,13 @@ class TokenizerParams(RQVAEParams, SupervisionParams):
     min_tag_items: int = Field(default=1, ge=1, description="Tags with fewer items count as missing (HiD-VAE appendix E filters < 30).")
     heldout_fraction: float = Field(default=0.1, ge=0.0, lt=1.0, description="Items whose tags are hidden from training, to measure tag accuracy.")
     probe_epochs: int = Field(default=30, ge=1, description="Epochs of the tag-classifier probe fitted on frozen codewords when the tokenizer was not trained with tag prediction.")
+    probe_max_hidden: Optional[int] = Field(
+        default=512,
+        ge=1,
+        description="Width cap of the probe classifiers' hidden layers (our choice; the probe is not in the papers). "
+        "No-op on RQ-VAE codewords (2 x 3 x 32 = 192 at most); on RQ-KMeans' 384-d codewords the uncapped 2 x 1,152 "
+        "level-3 classifier made the probe take ~1 h on 2 CPU cores.",
+    )
     refit_epochs: int = Field(
         default=30,
         ge=0,
@@ -166,6 +173,8 @@ class SIDTokenizer(Artifact):
         heads = None
         if self.heads is not None:
             heads = {"latent_dim": self.heads.latent_dim, "n_classes": self.heads.n_classes, "tag_dim": self.heads.tag_dim, "dropout": self.heads.dropout}
+            if getattr(self.heads, "max_hidden", None) is not None:
+                heads["max_hidden"] = self.heads.max_hidden
         return {
             "quantizer_kind": self.quantizer.KIND,
             "quantizer": self.quantizer.artifact_config(),
@@ -273,7 +282,7 @@ def train_tokenizer(
         q = tok.encode_full(x).quantized
         tok.heads = fit_probe_heads(
             q, train_labels[:, : tok.n_levels], q.shape[-1], epochs=params.probe_epochs if heads is None else params.refit_epochs, seed=params.seed,
-            n_classes=[max(len(k), 1) for k in vocab.keys], init=heads,
+            n_classes=[max(len(k), 1) for k in vocab.keys], init=heads, max_hidden=params.probe_max_hidden if heads is None else None,
         )
         tok.heads_source = "probe" if heads is None else "trained+refit"
     return TokenizerResult(tok, history, vocab, heldout)

@@ -270,10 +270,10 @@ class TagClassifier(nn.Module):
     a single input vector it reduces to a learned linear map, which the feature layer already is.
     """
 
-    def __init__(self, latent_dim: int, level: int, n_classes: int, dropout: float):
+    def __init__(self, latent_dim: int, level: int, n_classes: int, dropout: float, max_hidden: Optional[int] = None):
         super().__init__()
         d_in = latent_dim * (level + 1)
-        hidden = 2 * d_in
+        hidden = 2 * d_in if max_hidden is None else min(2 * d_in, int(max_hidden))
         p = min(dropout + 0.1 * level, 0.5)
         self.feature = nn.Sequential(nn.Linear(d_in, hidden), nn.LayerNorm(hidden), nn.ReLU(), nn.Dropout(p))
         self.blocks = nn.Sequential(_ResBlock(hidden, p), _ResBlock(hidden, p))
@@ -288,14 +288,15 @@ class TagClassifier(nn.Module):
 class TagHeads(nn.Module):
     """Per-level tag projectors ``P_l`` and classifiers ``C_l`` plus the tag embeddings (buffers)."""
 
-    def __init__(self, latent_dim: int, n_classes: List[int], tag_dim: int, dropout: float = 0.1):
+    def __init__(self, latent_dim: int, n_classes: List[int], tag_dim: int, dropout: float = 0.1, max_hidden: Optional[int] = None):
         super().__init__()
         self.latent_dim = latent_dim
         self.n_classes = list(n_classes)
         self.tag_dim = tag_dim
         self.dropout = dropout
+        self.max_hidden = max_hidden  # None: the paper's 2 x input width (probes on wide codewords cap it)
         self.projectors = nn.ModuleList([nn.Linear(tag_dim, latent_dim) for _ in n_classes])
-        self.classifiers = nn.ModuleList([TagClassifier(latent_dim, lv, k, dropout) for lv, k in enumerate(n_classes)])
+        self.classifiers = nn.ModuleList([TagClassifier(latent_dim, lv, k, dropout, max_hidden) for lv, k in enumerate(n_classes)])
         for lv, k in enumerate(n_classes):
             self.register_buffer(f"tag_emb_{lv}", torch.zeros(max(k, 1), tag_dim))
 
@@ -414,6 +415,7 @@ class SupervisedLoss(nn.Module):
 def fit_probe_heads(
     quantized: Tensor, labels: np.ndarray, latent_dim: int, epochs: int = 30, lr: float = 1e-3, batch_size: int = 512,
     dropout: float = 0.1, seed: int = 0, n_classes: Optional[List[int]] = None, init: Optional[TagHeads] = None,
+    max_hidden: Optional[int] = None,
 ) -> TagHeads:
     """Trains tag classifiers on frozen codewords ``quantized`` ``(N, L, D)`` (rows with labels ``-1``
     are skipped per level): a probe of how much tag information a tokenizer's codes carry, used for
@@ -429,7 +431,7 @@ def fit_probe_heads(
     if init is not None:  # continue from jointly trained heads (their projectors / tag embeddings are kept)
         heads = copy.deepcopy(init).cpu()
     else:
-        heads = TagHeads(latent_dim, n_classes, 1, dropout)
+        heads = TagHeads(latent_dim, n_classes, 1, dropout, max_hidden)
     opt = torch.optim.AdamW(heads.classifiers.parameters(), lr=lr, foreach=True)
     q = quantized.detach().float().cpu()
     n = q.shape[0]

@@ -57,9 +57,11 @@ largest score difference <= 2.3e-5), best batch size against best batch size:
 * trained Beauty models (``beam_search-beauty-*-cpu-1thread.json``): d 64, 1+1 layers (the CPU
   config) with the SID-code output layer 10.0x (730 vs 73 users/s), the same size with a
   full-vocabulary output 7.9x (945 vs 119), TIGER size (d 128, 2+2, 3 epochs) 4.2x (353 vs 84);
-* a random-weight TIGER-size model (d 128, 4+4; ``beam_search-cpu-1thread.json``, before the
-  last-step skipping and the SID-code output layer): 3.7x (25.3 vs 6.8 users/s at load 15-20),
-  8.5x at the same batch size.
+* a random-weight TIGER-size model (d 128, 4+4, SID-code output; ``beam_search-cpu-1thread.json``,
+  load average ~1): 3.0x (96 vs 32 users/s), 6.8x at the same batch size. A random model's last
+  token is far from forced, so the last-step skipping saves nothing there. (The same benchmark
+  with a full-vocabulary output and the previous version of this module measured 3.7x at load
+  15-20, where HF's Python-heavy loop suffered more.)
 
 At TIGER width roughly 55-60% of our time is the matrix products both methods share and ~25% the
 encoder (the same ``model.encode`` as the HF path), so the ratio comes from work HF does and this

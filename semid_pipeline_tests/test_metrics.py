@@ -1,7 +1,6 @@
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from semid_pipeline.core.baselines.popularity import most_popular

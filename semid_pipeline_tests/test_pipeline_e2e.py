@@ -1,7 +1,6 @@
 """Materialize the whole asset graph in-process on a tiny demo and check real properties of the result."""
 
 import numpy as np
-import pandas as pd
 import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 

@@ -1,8 +1,8 @@
-"""Validation-based checkpoint selection and early stopping, shared by every trainer."""
+"""Validation-based checkpoint selection, early stopping and the optimisation step, shared by every trainer."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -42,3 +42,21 @@ def epoch_message(prefix: str, epoch: int, record: Mapping[str, Any], best_epoch
     if "valid_recall@10" in record:
         msg += f", valid recall@10 {record['valid_recall@10']:.4f} ndcg@10 {record['valid_ndcg@10']:.4f}"
     return msg + f" (best epoch {best_epoch})"
+
+
+def optimizer_step(
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    params: Iterable[torch.Tensor],
+    grad_clip: float,
+    schedule: Optional[Any] = None,
+) -> None:
+    """One update: clear the gradients, backpropagate ``loss``, clip the global gradient norm of
+    ``params`` to ``grad_clip`` (0 disables), step the optimiser, then the lr ``schedule`` if any."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    if schedule is not None:
+        schedule.step()

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, Field
 from torch import nn
 
-from semid_pipeline.core.training import BestCheckpoint, epoch_message
+from semid_pipeline.core.training import BestCheckpoint, epoch_message, optimizer_step
 from semid_pipeline.core.artifacts import Artifact, register_artifact
 from semid_pipeline.core.device import autocast_dtype, configure_threads, resolve_device, seed_everything
 from semid_pipeline.core.metrics import ndcg_at_k, recall_at_k
@@ -425,11 +425,7 @@ def train_sasrec(
             y = _trim(targets, rows, n_targets).to(device)
             with _autocast(device, p.mixed_precision):
                 loss = model.loss(x, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if p.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
-            optimizer.step()
+            optimizer_step(loss, optimizer, model.parameters(), p.grad_clip)
             loss_sum += loss.detach()
             n_batches += 1
             n_samples += int(n_targets[rows].sum())

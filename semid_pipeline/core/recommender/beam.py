@@ -27,9 +27,10 @@ Design (what makes it fast; every step is exact, only float summation order diff
   matmuls (which cost more than the arithmetic).
 * The self-attention query and key/value projections run as one matmul (weights concatenated
   once per search); the MLP's ReLU runs in place.
-* The normaliser of the full-vocabulary ``log_softmax`` is a ``logsumexp``, on CPU over chunks of
-  :data:`HEAD_CHUNK_ROWS` rows whose logits stay in cache; only the level's ``K_l``
-  log-probabilities are materialised, and ``topk`` runs over the trie-masked children.
+* The normaliser of the ``log_softmax`` over the model's output vocabulary
+  (``model.output_logits``) is a ``logsumexp``, on CPU over chunks of :data:`HEAD_CHUNK_ROWS` rows
+  whose logits stay in cache; only the level's ``K_l`` log-probabilities are materialised, and
+  ``topk`` runs over the trie-masked children.
 * The last step skips beams that cannot reach the top ``top_k`` (:func:`_last_level`): it expands
   the ``top_k`` best beams, whose ``top_k``-th best candidate bounds the final list from below,
   then only the other beams scoring at least that bound (a candidate never scores above its beam),
@@ -84,7 +85,7 @@ from semid_pipeline.core.recommender.model import GenerativeRecommender
 from semid_pipeline.core.recommender.trie import SIDTrie
 from semid_pipeline.core.recommender.vocab import BOS
 
-#: On CPU, the most bytes of float32 logits (``users * beam_size * vocab_size * 4``) decoded at once.
+#: On CPU, the most bytes of float32 logits (``users * beam_size * vocab_size * 4``; ``vocab_size`` bounds the output width) decoded at once.
 CPU_BLOCK_BYTES = 8 * 2**20
 
 

@@ -88,7 +88,7 @@ from semid_pipeline.core.recommender.train import (
     prepare_training_data,
     validate,
 )
-from semid_pipeline.core.training import BestCheckpoint, epoch_message
+from semid_pipeline.core.training import BestCheckpoint, epoch_message, optimizer_step
 
 
 @dataclass(frozen=True)
@@ -304,12 +304,7 @@ def _train_rank(
             with _autocast(device, tp.mixed_precision):
                 batch_loss = ddp(b.enc_tokens, b.enc_item, b.dec_tokens, b.dec_labels, b.dec_target, tp.label_smoothing)
                 loss = batch_loss * step.weight
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # DDP averages the gradients over the ranks
-            if tp.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tp.grad_clip)
-            optimizer.step()
-            schedule.step()
+            optimizer_step(loss, optimizer, model.parameters(), tp.grad_clip, schedule)  # DDP averages the gradients over the ranks
             loss_sum += loss.detach().double() / world  # summed over ranks: the step's mean token loss
             own_loss_sum += batch_loss.detach()
             n_steps += 1

@@ -176,8 +176,13 @@ class TiedHead(nn.Module):
         super().__init__()
         self._embed = [embed]  # a plain list: not a submodule, so its weights are not registered twice
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """``[vocab_size, d_model]``: the embedding table, as ``nn.Linear.weight`` of an untied head."""
+        return self._embed[0].table()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self._embed[0].table())
+        return F.linear(x, self.weight)
 
 
 class Attention(nn.Module):
@@ -417,8 +422,7 @@ class GenerativeRecommender(nn.Module, Artifact):
         ``full``: every token."""
         if self.params.output_vocab == "full":
             return self.head(states)
-        weight = self.head._embed[0].table() if isinstance(self.head, TiedHead) else self.head.weight
-        return F.linear(states, weight[N_SPECIAL : self.vocab.user_offset])
+        return F.linear(states, self.head.weight[N_SPECIAL : self.vocab.user_offset])
 
     def logits(self, states: torch.Tensor) -> torch.Tensor:
         """Full-vocabulary logits ``[..., vocab_size]`` (``-inf`` for tokens outside the output vocabulary)."""

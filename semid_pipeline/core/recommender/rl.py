@@ -58,7 +58,7 @@ from semid_pipeline.core.recommender.model import GenerativeRecommender
 from semid_pipeline.core.recommender.train import EVAL_K, _autocast, recommend
 from semid_pipeline.core.recommender.trie import SIDTrie
 from semid_pipeline.core.recommender.vocab import BOS
-from semid_pipeline.core.training import BestCheckpoint
+from semid_pipeline.core.training import BestCheckpoint, optimizer_step
 
 RewardVariant = Literal["standard", "prefix", "uniform_bonus", "random_labels", "qarm"]
 
@@ -346,11 +346,7 @@ def train_grpo(
                 with _autocast(device, p.mixed_precision):
                     log_probs = sequence_log_probs(policy, batch.enc_tokens, batch.enc_item, samples)
                     loss, _, kl = grpo_loss(log_probs, old, ref, advantages, p.clip_eps, p.kl_beta)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if p.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(trainable, p.grad_clip)
-                optimizer.step()
+                optimizer_step(loss, optimizer, trainable, p.grad_clip)
             sums["reward"] += float(rewards.mean())
             sums["exact_rate"] += float((samples.items == target_items[:, None]).float().mean())
             sums["kl"] += float(kl.detach())

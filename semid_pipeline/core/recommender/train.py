@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
-from semid_pipeline.core.training import BestCheckpoint, epoch_message
+from semid_pipeline.core.training import BestCheckpoint, epoch_message, optimizer_step
 from semid_pipeline.core.device import autocast_dtype, configure_threads, resolve_device, seed_everything
 from semid_pipeline.core.metrics import ndcg_at_k, recall_at_k
 from semid_pipeline.core.progress import ProgressFn, Throttle
@@ -321,12 +321,7 @@ def train_recommender(
             batch = rows.batch(idx).to(device)
             with _autocast(device, tp.mixed_precision):
                 loss = model.loss(batch, tp.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if tp.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tp.grad_clip)
-            optimizer.step()
-            schedule.step()
+            optimizer_step(loss, optimizer, model.parameters(), tp.grad_clip, schedule)
             loss_sum += loss.detach()
             n_batches += 1
             n_samples += int(rows.n_targets[idx].sum())

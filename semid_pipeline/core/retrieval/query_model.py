@@ -42,7 +42,7 @@ from semid_pipeline.core.recommender.trie import SIDTrie
 from semid_pipeline.core.recommender.vocab import BOS, PAD, SIDVocab
 from semid_pipeline.core.retrieval.data import QueryVocab, RetrievalTask
 from semid_pipeline.core.retrieval.metrics import recall_per_query
-from semid_pipeline.core.training import BestCheckpoint
+from semid_pipeline.core.training import BestCheckpoint, optimizer_step
 
 
 class GenerativeRetrieverParams(BaseModel):
@@ -215,12 +215,7 @@ def train_generative_retriever(task: RetrievalTask, sids: np.ndarray, params: Ge
             idx = perm[start : start + p.batch_size]
             batch = training_batch([query_tokens[q] for q in pair_query[idx]], item_tokens[pair_item[idx]], vocab).to(device)
             loss = model.loss(batch, p.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if p.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
-            optimizer.step()
-            schedule.step()
+            optimizer_step(loss, optimizer, model.parameters(), p.grad_clip, schedule)
             loss_sum += float(loss.detach())
             n_batches += 1
         mean_loss = loss_sum / max(n_batches, 1)

@@ -106,3 +106,23 @@ def test_tag_losses_need_tags():
     x, _ = synthetic(n=50)
     with pytest.raises(ValueError, match="tags"):
         train_tokenizer(x, TokenizerParams(tag_prediction=True, **SMALL))
+
+
+def test_four_level_variant_with_three_tag_levels(tmp_path):
+    """The ``hidvae-L4`` variant: 4 codebooks, tag supervision on the first 3 levels; the 4th level
+    only refines (its tag accuracy is reported as missing, its paths still name 3 tags), and the
+    tokenizer saves, reloads and assigns the same 4-token SIDs."""
+    from semid_pipeline.core.tokenizers.variants import VARIANTS
+
+    x, paths = synthetic(n=200)
+    params = TokenizerParams(**{**SMALL, **VARIANTS["hidvae-L4"]})
+    res = train_tokenizer(x, params, paths, fake_text_embed)
+    codes = res.tokenizer.encode(x).numpy()
+    assert codes.shape == (200, 4)
+    q = tokenizer_quality(res.tokenizer, x, res.vocab, res.heldout, [f"i{i}" for i in range(len(x))], strategy="sinkhorn", n_samples=5, n_projection=20)
+    assert q.summary["sid_length"] == 4 and q.summary["collision_rate_after"] == 0.0
+    acc = q.levels["tag_accuracy"].to_numpy()
+    assert len(acc) == 4 and np.isfinite(acc[:3]).all() and np.isnan(acc[3])
+    assert q.sample_paths["decoded_path"].str.count(" > ").eq(2).all()
+    save_artifact(res.tokenizer, tmp_path / "tok")
+    np.testing.assert_array_equal(load_artifact(tmp_path / "tok").encode(x).numpy(), codes)

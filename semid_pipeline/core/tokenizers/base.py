@@ -173,7 +173,7 @@ class SIDTokenizer(Artifact):
         heads = None
         if self.heads is not None:
             heads = {"latent_dim": self.heads.latent_dim, "n_classes": self.heads.n_classes, "tag_dim": self.heads.tag_dim, "dropout": self.heads.dropout}
-            if getattr(self.heads, "max_hidden", None) is not None:
+            if self.heads.max_hidden is not None:  # only capped probes record it: uncapped heads keep their earlier config
                 heads["max_hidden"] = self.heads.max_hidden
         return {
             "quantizer_kind": self.quantizer.KIND,

@@ -1,0 +1,80 @@
+"""The one training loop: optimisation, checkpoint selection, patience, schedules."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from semid_pipeline.core.training import OptimParams, fit, lr_multiplier, start_run
+
+
+def _problem(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(256, 4, generator=g)
+    y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0])
+    return x, y
+
+
+def _batches(x, y, size=32):
+    def epoch_batches(epoch: int):
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(epoch))
+        for i in range(0, len(x), size):
+            idx = order[i : i + size]
+            yield x[idx], y[idx]
+
+    return epoch_batches
+
+
+def test_fit_learns_and_keeps_the_best_validated_weights():
+    x, y = _problem()
+    params = OptimParams(epochs=30, lr=0.05, warmup_steps=0, lr_schedule="constant", weight_decay=0.0, patience=50)
+    start_run(params)
+    model = nn.Linear(4, 1)
+    step = lambda b: (((model(b[0]).squeeze(-1) - b[1]) ** 2).mean(), len(b[1]))
+    seen = []
+
+    def validate(m):
+        # a key that peaks at epoch 5, whatever the weights: the returned model must be epoch 5's
+        seen.append({k: v.clone() for k, v in m.state_dict().items()})
+        return {"score": -abs(len(seen) - 5)}
+
+    result = fit(model, _batches(x, y), step, params, validate=validate, select_on=("score",), steps_per_epoch=8)
+    assert result.best_epoch == 5
+    assert torch.equal(result.model.weight, seen[4]["weight"])
+    assert result.history[0]["loss"] > 10 * result.history[-1]["loss"]
+    assert [r["epoch"] for r in result.history] == list(range(1, 31))
+    assert all("valid_score" in r and r["samples_per_s"] > 0 for r in result.history)
+    assert not result.model.training
+
+
+def test_fit_stops_on_patience_and_on_the_time_budget():
+    x, y = _problem()
+    model = nn.Linear(4, 1)
+    step = lambda b: (((model(b[0]).squeeze(-1) - b[1]) ** 2).mean(), len(b[1]))
+    params = OptimParams(epochs=100, lr=0.01, warmup_steps=0, patience=3)
+    result = fit(model, _batches(x, y), step, params, validate=lambda m: {"k": 1.0}, select_on=("k",))
+    assert result.best_epoch == 1 and len(result.history) == 4  # 1 best + 3 stale validations
+
+    params = OptimParams(epochs=10_000, lr=0.01, warmup_steps=0, max_train_minutes=0.02)
+    result = fit(model, _batches(x, y), step, params)
+    assert len(result.history) < 10_000 and result.seconds < 30
+
+
+def test_fit_rejects_a_diverging_loss():
+    x, y = _problem()
+    model = nn.Linear(4, 1)
+    step = lambda b: (torch.tensor(float("nan"), requires_grad=True) * model.weight.sum(), 1)
+    with pytest.raises(FloatingPointError, match="epoch 1"):
+        fit(model, _batches(x, y), step, OptimParams(epochs=2, grad_clip=0.0))
+
+
+def test_lr_schedules():
+    inv = lr_multiplier("inverse_sqrt", warmup_steps=100)
+    assert inv(0) == pytest.approx(0.01) and inv(99) == pytest.approx(1.0) and inv(399) == pytest.approx(0.5)
+    cos = lr_multiplier("cosine", warmup_steps=10, total_steps=110)
+    assert cos(10) == pytest.approx(1.0) and cos(60) == pytest.approx(0.5) and cos(110) == pytest.approx(0.0)
+    capped = lr_multiplier("cosine", warmup_steps=0, total_steps=1000, deadline_fraction=lambda: 0.5)
+    assert capped(1) == pytest.approx(0.5)  # the time budget is half spent: halfway down the cosine
+    assert lr_multiplier("constant", warmup_steps=0)(12345) == 1.0
+    assert not math.isnan(cos(10_000))

@@ -47,9 +47,10 @@ from typing import Any, Dict, List, Literal, NamedTuple, Optional, Sequence, Tup
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
+from pydantic import Field
 from torch import nn
 
+from semid_pipeline.core.params import StrictParams
 from semid_pipeline.core.training import BestCheckpoint, epoch_message, optimizer_step
 from semid_pipeline.core.artifacts import Artifact, register_artifact
 from semid_pipeline.core.device import autocast_dtype, configure_threads, resolve_device, seed_everything
@@ -61,7 +62,7 @@ EVAL_K = 10
 PAD = 0  # item-embedding row of padding; item i is row i + 1
 
 
-class SASRecParams(BaseModel):
+class SASRecParams(StrictParams):
     """Architecture, optimisation and model selection of SASRec-CE.
 
     The defaults are tuned on Amazon Beauty 5-core (leave-one-out, full ranking, selection on

@@ -49,10 +49,11 @@ from typing import Callable, Iterator, Literal, Optional, Sequence
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from semid_pipeline.core.data.schema import ITEM_COLUMNS, RawDataset
 from semid_pipeline.core.errors import InputError
+from semid_pipeline.core.params import StrictParams
 from semid_pipeline.core.progress import ProgressFn, Throttle
 
 _log = logging.getLogger(__name__)
@@ -363,7 +364,7 @@ def load_amazon_2018(reviews_path: PathLike, meta_path: PathLike, progress: Opti
     return RawDataset(_items_frame(item_ids, meta, meta_path), interactions)
 
 
-class AmazonParams(BaseModel):
+class AmazonParams(StrictParams):
     """Which Amazon release and category to load, and from where."""
 
     format: Literal["p5", "2014", "2018"] = Field(

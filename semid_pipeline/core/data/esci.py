@@ -43,11 +43,12 @@ from typing import Literal, Optional
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from semid_pipeline.core.data.schema import ITEM_COLUMNS, RawDataset
 from semid_pipeline.core.errors import InputError
 from semid_pipeline.core.io_utils import read_any_table
+from semid_pipeline.core.params import StrictParams
 
 _log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ PRODUCT_COLUMNS = ("product_id", "product_title")
 QUERY_COLUMNS = ("query_id", "query", "item_id", "esci_label", "split")
 
 
-class EsciParams(BaseModel):
+class EsciParams(StrictParams):
     """Where the ESCI files are and how CAT-ID2 preprocesses them."""
 
     root: str = Field(description="Folder holding the two official Parquet files.")

@@ -46,10 +46,11 @@ from typing import Literal, Optional
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from semid_pipeline.core.data.schema import ITEM_COLUMNS, RawDataset
 from semid_pipeline.core.errors import InputError
+from semid_pipeline.core.params import StrictParams
 
 _log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ MIN_MS = 10**11  # 1973-03-03 in milliseconds: a smaller time_ms is a time in se
 _CHUNK_ROWS = 2_000_000
 
 
-class KuaiRandParams(BaseModel):
+class KuaiRandParams(StrictParams):
     """Which KuaiRand files to read and what counts as a positive interaction."""
 
     root: str = Field(description="Folder holding the official KuaiRand CSV files.")

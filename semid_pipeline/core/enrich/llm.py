@@ -47,6 +47,7 @@ from urllib.parse import urlparse
 import openai
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from semid_pipeline.core.params import StrictParams
 from semid_pipeline.core.progress import ProgressFn, Throttle
 
 T = TypeVar("T")
@@ -61,7 +62,7 @@ _SYSTEM_PROMPT = "You are a precise classification assistant. Answer with a JSON
 Message = dict[str, Any]
 
 
-class LLMParams(BaseModel):
+class LLMParams(StrictParams):
     """Where the chat model lives and how hard to try."""
 
     base_url: str = Field("http://127.0.0.1:8080/v1", description="OpenAI-compatible API root (ends in /v1).")

@@ -40,11 +40,12 @@ from typing import Any, Literal, Optional, Sequence
 import faiss
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from semid_pipeline.core.enrich.llm import LLMClient
 from semid_pipeline.core.enrich.text_encoder import TextEncoder
 from semid_pipeline.core.errors import InputError
+from semid_pipeline.core.params import StrictParams
 from semid_pipeline.core.progress import ProgressFn, Throttle
 
 SEP = " > "
@@ -57,7 +58,7 @@ FIGURE5_TEMPLATE = (
 )
 
 
-class TagParams(BaseModel):
+class TagParams(StrictParams):
     """Retrieve-then-classify tag generation (HiD-VAE section 3.4)."""
 
     depth: int = Field(3, ge=1, description="Number of tag levels L to generate (root first).")

@@ -48,10 +48,11 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from semid_pipeline.core.device import configure_threads, resolve_device, seed_everything
 from semid_pipeline.core.metrics import ndcg_at_k, recall_at_k
+from semid_pipeline.core.params import StrictParams
 from semid_pipeline.core.progress import ProgressFn, Throttle
 from semid_pipeline.core.recommender.data import build_inference_rows
 from semid_pipeline.core.recommender.model import GenerativeRecommender
@@ -63,7 +64,7 @@ from semid_pipeline.core.training import BestCheckpoint, optimizer_step
 RewardVariant = Literal["standard", "prefix", "uniform_bonus", "random_labels", "qarm"]
 
 
-class GRPOParams(BaseModel):
+class GRPOParams(StrictParams):
     """GRPO stage settings; defaults follow DeepInterestGR Sec. IV (2 epochs, KL 0.001) where given."""
 
     group_size: int = Field(16, ge=2, description="SIDs sampled per user history (G).")

@@ -26,8 +26,9 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from semid_pipeline.core.params import StrictParams
 from semid_pipeline.core.training import BestCheckpoint, epoch_message, optimizer_step
 from semid_pipeline.core.device import autocast_dtype, configure_threads, resolve_device, seed_everything
 from semid_pipeline.core.metrics import ndcg_at_k, recall_at_k
@@ -48,7 +49,7 @@ from semid_pipeline.core.recommender.vocab import SIDVocab
 EVAL_K = 10
 
 
-class TrainParams(BaseModel):
+class TrainParams(StrictParams):
     """Optimisation and model-selection settings of the generative recommender."""
 
     mode: Literal["per_user", "per_prefix"] = Field(

@@ -29,10 +29,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from semid_pipeline.core.artifacts import Artifact, register_artifact
 from semid_pipeline.core.device import configure_threads, resolve_device, seed_everything
+from semid_pipeline.core.params import StrictParams
 from semid_pipeline.core.progress import ProgressFn, Throttle
 from semid_pipeline.core.recommender.beam import constrained_beam_search
 from semid_pipeline.core.recommender.data import PAD_ITEM, SIDBatch
@@ -45,7 +46,7 @@ from semid_pipeline.core.retrieval.metrics import recall_per_query
 from semid_pipeline.core.training import BestCheckpoint, optimizer_step
 
 
-class GenerativeRetrieverParams(BaseModel):
+class GenerativeRetrieverParams(StrictParams):
     """Architecture, optimisation and decoding of the query-to-SID model."""
 
     d_model: int = Field(128, ge=1, description="Model width.")

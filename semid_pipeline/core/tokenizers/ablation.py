@@ -14,9 +14,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from semid_pipeline.core.metrics import evaluate_topk
+from semid_pipeline.core.params import StrictParams
 from semid_pipeline.core.progress import ProgressFn
 from semid_pipeline.core.recommender.model import RecommenderParams
 from semid_pipeline.core.recommender.train import TrainParams, recommend, train_recommender
@@ -27,7 +28,7 @@ from semid_pipeline.core.tokenizers.quality import tokenizer_quality
 from semid_pipeline.core.tokenizers.variants import VARIANTS
 
 
-class AblationParams(BaseModel):
+class AblationParams(StrictParams):
     """Which variants, and the shared settings every variant gets."""
 
     variants: List[str] = Field(default=list(VARIANTS), description=f"Variant names from core/tokenizers/variants.py: {list(VARIANTS)}.")

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from semid_pipeline.core.artifacts import content_hash
 from semid_pipeline.core.tokenizers.collisions import collision_rate
 
 SID_VERSION_COLUMNS: tuple[str, ...] = (
@@ -58,13 +59,7 @@ def tokenizer_version(config: Mapping[str, Any], tensors: Mapping[str, torch.Ten
     Pass ``model.artifact_config()`` and ``model.artifact_tensors()``; tensors are hashed on the
     CPU in their stored dtype, so a reloaded model hashes to the same id.
     """
-    h = hashlib.sha256()
-    h.update(json.dumps(dict(config), sort_keys=True, separators=(",", ":"), default=_json_default).encode())
-    for name in sorted(tensors):
-        t = tensors[name].detach().to("cpu").contiguous()
-        h.update(f"\n{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return "tok-" + h.hexdigest()[:16]
+    return "tok-" + content_hash(config, tensors)[:16]
 
 
 def model_version(model: Any) -> str:
@@ -256,14 +251,6 @@ def check_decodable(sids: np.ndarray, level_sizes: Any, item_ids: Any = None) ->
             f"with (tokens per level {sizes.tolist()}): new items from a frozen re-tokenization; retrain "
             "generative_recommender on the current semantic_ids to recommend them."
         )
-
-
-def _json_default(o: Any) -> Any:
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if hasattr(o, "model_dump"):
-        return o.model_dump()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def main(argv: List[str] | None = None) -> int:  # pragma: no cover - thin CLI over the functions above

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, Config, Output, asset
 
-from semid_pipeline.core.recommendations import topk_frame
+from semid_pipeline.core.recommendations import check_top_k, topk_frame
 from semid_pipeline.core.recommender.hierarchy import HierarchyInputs, build_level_tags
 from semid_pipeline.core.recommender.model import RecommenderParams
 from semid_pipeline.core.recommender.rl import GRPOParams, train_grpo
@@ -168,6 +168,7 @@ def generative_recommendations(
     check_same_version(trained_on, sid_version(semantic_ids), "generative_recommender")
     sids = sid_matrix(semantic_ids)
     check_decodable(sids, generative_recommender.vocab.level_sizes, semantic_ids.sort_values("item_idx")["item_id"].to_numpy())
+    check_top_k(config.top_k, len(sids), beam_size=config.beam_size)
     trie = SIDTrie.from_sids(sids)
     item_ids = semantic_ids.sort_values("item_idx")["item_id"].to_numpy()
     recs, per_split = split_top_k(

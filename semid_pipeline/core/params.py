@@ -53,3 +53,26 @@ class StrictParams(BaseModel):
             known |= {f.alias for f in cls.model_fields.values() if f.alias}
             check_known_keys(data, known, cls.__name__)
         return data
+
+
+class LimitError(ValueError):
+    """A setting that cannot make sense for the data at hand (``top_k`` above the catalog size, ...).
+
+    Raised before any work is done, so the previous outputs stay; the message names the setting,
+    its value and the limit.
+    """
+
+
+def check_limit(name: str, value: int | float, *, low: int | float | None = None, low_reason: str = "",
+                high: int | float | None = None, high_reason: str = "") -> None:
+    """Raises :class:`LimitError` unless ``low <= value <= high`` (either bound optional).
+
+    ``check_limit("top_k", 5000, low=1, high=200, high_reason="the catalog size (items with a SID)")``
+    -> ``top_k = 5000 exceeds the catalog size (items with a SID), 200; set top_k <= 200``.
+    """
+    if low is not None and value < low:
+        why = f" ({low_reason})" if low_reason else ""
+        raise LimitError(f"{name} = {value} is below its minimum {low}{why}; set {name} >= {low}")
+    if high is not None and value > high:
+        why = high_reason or "its maximum"
+        raise LimitError(f"{name} = {value} exceeds {why}, {high}; set {name} <= {high}")

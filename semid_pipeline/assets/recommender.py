@@ -13,7 +13,7 @@ from semid_pipeline.core.recommender.rl import GRPOParams, train_grpo
 from semid_pipeline.core.storage import table_path
 from semid_pipeline.core.recommender.train import TrainParams, recommend, train_recommender
 from semid_pipeline.core.recommender.trie import SIDTrie
-from semid_pipeline.core.tokenizers.versioning import check_decodable, check_same_version
+from semid_pipeline.core.tokenizers.versioning import check_decodable, check_same_assignment, check_same_version, current_assignment_id
 from semid_pipeline.metadata import line_plot, md_table
 from semid_pipeline.partitions import dataset_partitions
 from semid_pipeline.resources import StorageResource, TextEncoderResource
@@ -124,7 +124,8 @@ def generative_recommender(
             "rl_curve": line_plot(rl.history, ["valid_recall@10", "valid_ndcg@10"], "GRPO validation per epoch"),
         }
         result.model = rl.model
-    result.model.artifact_extra = {"tokenizer_version": sid_version(semantic_ids)}  # saved in config.json by ModelIOManager
+    # saved in config.json by ModelIOManager; generative_recommendations checks both against the current SIDs
+    result.model.artifact_extra = {"tokenizer_version": sid_version(semantic_ids), "assignment_id": current_assignment_id(semantic_ids)}
     hist = pd.DataFrame([{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in result.history])
     best = max(result.history, key=lambda h: h.get("valid_recall@10", -1.0)) if result.history else {}
     return Output(
@@ -162,10 +163,19 @@ def generative_recommendations(
     generative_recommender,
     semantic_ids: pd.DataFrame,
     user_sequences: pd.DataFrame,
+    storage: StorageResource,
 ):
-    """Per-user top-K for validation and test by beam search constrained to valid SIDs (prefix trie)."""
-    trained_on = (getattr(generative_recommender, "artifact_extra", None) or {}).get("tokenizer_version")
+    """Per-user top-K for validation and test by beam search constrained to valid SIDs (prefix trie).
+
+    Refuses a model trained on another tokenizer version, or on an assignment whose items do not all
+    keep their SID in the current one (``sid_versions`` shows which; new items of a frozen run are fine)."""
+    extra = getattr(generative_recommender, "artifact_extra", None) or {}
+    trained_on = extra.get("tokenizer_version")
     check_same_version(trained_on, sid_version(semantic_ids), "generative_recommender")
+    if trained_on is not None:
+        history_path = table_path(storage.data_dir, "sid_versions", context.partition_key)
+        history = pd.read_parquet(history_path, columns=["assignment_id", "item_id", "sid_str"]) if history_path.exists() else None
+        check_same_assignment(extra.get("assignment_id"), semantic_ids, history, "generative_recommender")
     sids = sid_matrix(semantic_ids)
     check_decodable(sids, generative_recommender.vocab.level_sizes, semantic_ids.sort_values("item_idx")["item_id"].to_numpy())
     check_top_k(config.top_k, len(sids), beam_size=config.beam_size)

@@ -197,7 +197,8 @@ def prepare_examples(examples: pd.DataFrame, products: pd.DataFrame, params: Esc
         if params.missing_products == "error":
             raise InputError(source, None, f"{int(absent.sum())} examples refer to products missing from the products file, "
                                            f"e.g. {example!r} (set missing_products='drop' to skip them)")
-        _log.warning("%s: dropping %d examples whose product is missing, e.g. %r", source, int(absent.sum()), example)
+        _log.warning("%s: dropping %d examples whose product is missing, e.g. %r", source, int(absent.sum()), example,
+                     extra={"semid_count": {"examples_without_product": int(absent.sum())}})
         examples = examples[~absent]
     items = products.copy()
     if categories is not None:

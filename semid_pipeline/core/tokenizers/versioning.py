@@ -232,6 +232,58 @@ def check_same_version(trained_on: str | None, current: str | None, what: str = 
         )
 
 
+def current_assignment_id(semantic_ids: pd.DataFrame) -> str | None:
+    """The assignment id of a ``semantic_ids`` table (as ``sid_versions`` names it), None when it records no tokenizer version."""
+    if "tokenizer_version" not in semantic_ids or not len(semantic_ids):
+        return None
+    return assignment_id(str(semantic_ids["tokenizer_version"].iloc[0]), semantic_ids["item_id"], semantic_ids["sid_str"])
+
+
+def check_same_assignment(
+    trained_on: str | None,
+    semantic_ids: pd.DataFrame,
+    history: pd.DataFrame | None,
+    what: str = "model",
+) -> None:
+    """Raises :class:`VersionMismatchError` unless every item the model was trained on still has its SID.
+
+    ``trained_on`` is the assignment id recorded when the model was trained; ``semantic_ids`` the
+    current table; ``history`` the ``sid_versions`` table (None when absent). The same assignment
+    passes; a later one passes only when ``history`` shows that it kept the SID of every item of the
+    trained-on assignment (a frozen re-tokenization that only added items). A moved or removed item,
+    or a trained-on assignment ``history`` has no record of, is refused: the same tokenizer version
+    is not enough (a full re-assignment after a lost previous table, or another collision strategy,
+    moves SIDs without changing the tokenizer).
+    """
+    current = current_assignment_id(semantic_ids)
+    if trained_on == current:
+        return
+    if trained_on is None:
+        raise VersionMismatchError(
+            f"{what} records no SID assignment (it was saved before assignments were recorded), so it cannot be shown "
+            f"to match the current semantic_ids ({current}); retrain it (materialize generative_recommender)."
+        )
+    if history is None or not (history["assignment_id"] == trained_on).any():
+        raise VersionMismatchError(
+            f"{what} was trained on SID assignment {trained_on!r}, the current semantic_ids are {current!r}, and "
+            "sid_versions has no record of the former, so unchanged SIDs cannot be shown; retrain it "
+            "(materialize generative_recommender)."
+        )
+    old = history.loc[history["assignment_id"] == trained_on, ["item_id", "sid_str"]]
+    now = semantic_ids.set_index(semantic_ids["item_id"].astype(str))["sid_str"].astype(str)
+    then = old.set_index(old["item_id"].astype(str))["sid_str"].astype(str)
+    found = now.reindex(then.index)
+    removed = found.isna()
+    moved = ~removed & (found != then)
+    if removed.any() or moved.any():
+        examples = [f"{i}: {then[i]} -> {found[i]}" for i in then.index[moved][:3]]
+        raise VersionMismatchError(
+            f"{what} was trained on SID assignment {trained_on!r}; since then {int(moved.sum())} items moved to another "
+            f"SID (e.g. {examples}) and {int(removed.sum())} items left the catalog (current assignment {current!r}): "
+            "its token ids would decode to the wrong items. Retrain it (materialize generative_recommender)."
+        )
+
+
 def check_decodable(sids: np.ndarray, level_sizes: Any, item_ids: Any = None) -> None:
     """Raises :class:`VersionMismatchError` when a SID uses a token the model's vocabulary lacks.
 

@@ -14,8 +14,9 @@ Choices made here:
   starts, no retry is sent, and threads sleeping in a backoff wake up and fail at once. A stage whose
   server accepts connections and never answers therefore fails within a bounded time: the first
   request's ``(max_retries + 1) * timeout_s`` plus its backoffs, plus at most one ``timeout_s`` for
-  requests already in flight (with the defaults, 60 s and 4 retries: about 5-6 minutes, not one full
-  retry cycle per worker thread in turn).
+  requests already in flight (with the defaults, 60 s and 4 retries: 300 s + at most 22.5 s of backoff +
+  60 s, about 6.5 minutes at most; before, a worker thread picked up the next prompt and ran its
+  full retries too).
 - Structured output uses ``response_format={"type": "json_schema", ..., "strict": True}``; servers
   that reject that dialect with a 400/422/500 naming it (llama-cpp-python's server takes ``{"type": "json_object",
   "schema": ...}``) are re-asked in the other dialect once and spoken to in it from then on

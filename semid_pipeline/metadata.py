@@ -93,7 +93,9 @@ def order_metric_columns(df: pd.DataFrame) -> pd.DataFrame:
 def md_table(df: pd.DataFrame) -> MetadataValue:
     """A DataFrame as a Markdown table with every cell formatted by :func:`fmt_number`."""
     shown = pd.DataFrame({str(c): [fmt_number(v) for v in df[c].tolist()] for c in df.columns}, columns=[str(c) for c in df.columns])
-    return MetadataValue.md(shown.to_markdown(index=False, disable_numparse=True))
+    numeric = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) for c in df.columns]
+    align = ["right" if n else "left" for n in numeric] or None
+    return MetadataValue.md(shown.to_markdown(index=False, disable_numparse=True, colalign=align))
 
 
 def glossary(entries: Mapping[str, str]) -> MetadataValue:
@@ -145,9 +147,13 @@ def curve_figure(
     title: str,
     x: str = "epoch",
     hlines: Optional[Mapping[str, float]] = None,
+    log_panels: Sequence[str] = (),
+    zero_panels: Sequence[str] = (),
 ):
     """The matplotlib figure of :func:`curves` (one axis per panel, shared x), for tests and reuse."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     shown = {name: keys for name, keys in panels.items() if any(h.get(k) is not None for h in history for k in keys)}
     n = max(len(shown), 1)
     fig, axes = plt.subplots(n, 1, figsize=(6.4, 2.3 * n + 0.4), sharex=True, squeeze=False)
@@ -159,10 +165,15 @@ def curve_figure(
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 40 else None, markersize=3, label=key)
         if hlines and name in hlines:
             ax.axhline(hlines[name], color="grey", linestyle="--", linewidth=0.8, label=f"max {fmt_number(hlines[name])}")
+        if name in log_panels:
+            ax.set_yscale("log")
+        if name in zero_panels:
+            ax.set_ylim(bottom=0)
         ax.set_ylabel(name, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     axes[-1, 0].set_xlabel(x)
+    axes[-1, 0].xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
@@ -174,12 +185,15 @@ def curves(
     title: str,
     x: str = "epoch",
     hlines: Optional[Mapping[str, float]] = None,
+    log_panels: Sequence[str] = (),
+    zero_panels: Sequence[str] = (),
 ) -> MetadataValue:
     """Learning curves with one y axis per panel (``{"loss": ["loss"], "validation": ["valid_recall@10", ...]}``),
     so a loss of 2-3 and a recall of 0.01-0.09 never share a scale. Keys missing from an epoch (no
     validation that epoch) are skipped, not drawn as zero; panels with no values are left out;
-    ``hlines`` draws a reference line per panel (e.g. the codebook size)."""
-    return png_markdown(curve_figure(history, panels, title, x, hlines))
+    ``hlines`` draws a reference line per panel (e.g. the codebook size); ``log_panels`` get a log
+    y axis (loss terms of different sizes), ``zero_panels`` start at 0 (counts, rates)."""
+    return png_markdown(curve_figure(history, panels, title, x, hlines, log_panels, zero_panels))
 
 
 def learning_curve(history: Sequence[Mapping[str, Any]], title: str, loss_key: str = "loss") -> MetadataValue:
@@ -202,9 +216,11 @@ def bar_plots(series: Dict[str, List[float]], title: str) -> MetadataValue:
     fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 2.6), squeeze=False)
     for ax, (name, values) in zip(axes[0], series.items()):
         ax.bar(range(len(values)), sorted(values, reverse=True), width=1.0)
-        ax.set_title(name, fontsize=9)
+        used = sum(1 for v in values if v > 0)
+        ax.set_title(f"{name}: {used} of {len(values)} codes used", fontsize=9)
         ax.set_xlabel("code (sorted by use)", fontsize=8)
     fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
     return png_markdown(fig)
 
 

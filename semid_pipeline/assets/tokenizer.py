@@ -88,6 +88,8 @@ def training_history_metadata(history: list, n_levels: int, codebook_size: int) 
         {"loss": losses, "codes used": used, "collision rate": ["collision_rate"]},
         f"Tokenizer training, every epoch (codebook size {codebook_size})",
         hlines={"codes used": codebook_size},
+        log_panels=("loss",),
+        zero_panels=("codes used", "collision rate"),
     )
     shown = ["epoch", *losses, *used, "collision_rate", *[c for c in hist.columns if c.startswith("restarted_l")], "seconds"]
     out["history"] = md_table(hist[[c for c in shown if c in hist.columns]])

@@ -7,10 +7,13 @@ import pandas as pd
 from dagster import AssetExecutionContext, Config, Output, asset
 
 from semid_pipeline.assets.recommender import sid_matrix, split_inputs
+from semid_pipeline.core.artifacts import read_artifact_meta
 from semid_pipeline.core.recommender.explain import PATH_SEP, explain_recommendations, path_source
 from semid_pipeline.core.recommender.hierarchy import build_level_tags
+from semid_pipeline.core.storage import model_dir
 from semid_pipeline.metadata import md_table, readable
 from semid_pipeline.partitions import dataset_partitions
+from semid_pipeline.resources import StorageResource
 
 
 class ExplanationConfig(Config):
@@ -22,23 +25,34 @@ class ExplanationConfig(Config):
     """Most recent history items shown per user."""
 
 
+def tokenizer_tag_supervised(data_dir: str, dataset: str) -> Optional[bool]:
+    """Whether the dataset's saved ``sid_tokenizer`` learned its tag heads jointly (``tag_prediction``:
+    supervised levels) rather than as a probe afterwards; None when there is no saved tokenizer."""
+    try:
+        config = read_artifact_meta(model_dir(data_dir, "sid_tokenizer", dataset)).get("config", {})
+    except FileNotFoundError:
+        return None
+    return str(config.get("heads_source", "none")).startswith("trained")
+
+
 @asset(partitions_def=dataset_partitions, group_name="recommender", io_manager_key="table_io")
 def recommendation_explanations(
     context: AssetExecutionContext,
     config: ExplanationConfig,
     generative_recommender,
-    sid_tokenizer,
     generative_recommendations: pd.DataFrame,
     semantic_ids: pd.DataFrame,
     user_sequences: pd.DataFrame,
     items: pd.DataFrame,
     item_tags: pd.DataFrame,
+    storage: StorageResource,
 ) -> Output:
     """For each user, the recommended items with the tag path each SID decodes to (the model's saved
     (level, code) -> tag map; rebuilt from ``item_tags`` for older models) and the user's recent
     history with its paths. Ranks count from 1. ``path_derivation`` says how the paths were derived:
     per-code majority tags for a tokenizer trained without tags (plain TIGER SIDs), supervised levels
-    for one trained to predict tags (``sid_tokenizer.heads_source`` trained). Query it, e.g.:
+    for one trained to predict tags (``heads_source`` trained in the saved ``sid_tokenizer``'s
+    config.json, read without making the tokenizer an input). Query it, e.g.:
     ``python -m semid_pipeline.query "select rank, title, tag_path_str, hit from recommendation_explanations where user_idx = 0"``."""
     sids = sid_matrix(semantic_ids)
     level_tags = getattr(generative_recommender, "level_tags", None)
@@ -56,8 +70,7 @@ def recommendation_explanations(
     table = explain_recommendations(
         recs, level_tags, sids, titles, dict(zip(uidx.tolist(), histories)), dict(zip(uidx.tolist(), targets.tolist())), config.max_history
     )
-    supervised = str(getattr(sid_tokenizer, "heads_source", "none")).startswith("trained")
-    meta = {"path_derivation": path_source(supervised), "n_users": int(len(users))}
+    meta = {"path_derivation": path_source(tokenizer_tag_supervised(storage.data_dir, context.partition_key)), "n_users": int(len(users))}
     if len(table):
         meta["hit_rate"] = float(table.groupby("user_idx")["hit"].any().mean())
         first = table[table["user_idx"] == users[0]]

@@ -35,8 +35,11 @@ def tag_shares(level_tags: LevelTags, sid: Sequence[int]) -> list:
     ]
 
 
-def path_source(tag_supervised: bool) -> str:
-    """One sentence for the reader on how ``tag_path`` was derived (see the module docstring)."""
+def path_source(tag_supervised: Optional[bool]) -> str:
+    """One sentence for the reader on how ``tag_path`` was derived (see the module docstring);
+    ``None``: not known whether the tokenizer was trained on tags."""
+    if tag_supervised is None:
+        return "per-code majority tags: each level shows the most common tag among the items with that code"
     if tag_supervised:
         return "supervised levels: majority tag of each (level, code); the tokenizer was trained to predict each level's tag from its code"
     return (

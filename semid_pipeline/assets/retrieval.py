@@ -21,7 +21,7 @@ from semid_pipeline.core.retrieval.data import build_task, product_texts
 from semid_pipeline.core.retrieval.dense import dense_retrieve
 from semid_pipeline.core.retrieval.metrics import RETRIEVAL_KS, recall_table
 from semid_pipeline.core.retrieval.query_model import GenerativeRetrieverParams, train_generative_retriever
-from semid_pipeline.metadata import learning_curve, md_table, round_sig
+from semid_pipeline.metadata import learning_curve, md_table, order_metric_columns, readable, round_sig
 from semid_pipeline.partitions import dataset_partitions
 from semid_pipeline.resources import DatasetsResource, TextEncoderResource
 
@@ -95,15 +95,15 @@ def generative_retriever(
     hist = pd.DataFrame([{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in result.history])
     yield Output(
         result.retriever,
-        metadata={
+        metadata=readable({
             **task.stats,
             "best_epoch": int(result.best_epoch),
             "epochs_run": len(result.history),
             "train_seconds": float(sum(h.get("seconds", 0.0) for h in result.history)),
             "query_vocabulary": int(result.retriever.query_vocab.size),
             "learning_curve": learning_curve(result.history, "Generative retriever training"),
-            "history": md_table(hist),
-        },
+            "history": md_table(order_metric_columns(hist)),
+        }),
     )
 
 

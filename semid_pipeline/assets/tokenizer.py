@@ -103,4 +103,3 @@ def training_history_metadata(history: list, n_levels: int, codebook_size: int) 
         }
     )
     return out
-    return Output(result.tokenizer, metadata=metadata)

@@ -10,7 +10,7 @@ from semid_pipeline.assets.recommender import split_inputs
 from semid_pipeline.core.metrics import evaluate_topk
 from semid_pipeline.core.recommendations import ranked_matrix
 from semid_pipeline.core.tokenizers.collisions import collision_rate
-from semid_pipeline.metadata import md_table
+from semid_pipeline.metadata import glossary, md_table, metric_sort_key, order_metric_columns, readable
 from semid_pipeline.partitions import dataset_partitions
 
 
@@ -57,7 +57,23 @@ def evaluation(
     tok = pd.DataFrame(tok_rows).assign(n_users=0)
     table = pd.concat([metrics, tok], ignore_index=True)
     wide = metrics.assign(name=metrics["metric"] + "@" + metrics["k"].astype(str)).pivot_table(index=["model", "split"], columns="name", values="value").reset_index()
+    wide = order_metric_columns(wide)
     test = metrics[(metrics["split"] == "test") & (metrics["k"] == 10)].set_index(["model", "metric"])["value"]
-    flat = {f"test_{m}_{metric}@10": float(v) for (m, metric), v in test.items()}
+    in_order = sorted(test.items(), key=lambda kv: (kv[0][0], metric_sort_key(f"{kv[0][1]}@10")))  # per model: recall, ndcg
+    flat = {f"test_{m}_{metric}@10": float(v) for (m, metric), v in in_order}
     context.log.info(f"test @10: {flat}")
-    return Output(table, metadata={"metrics": md_table(wide), **flat, "collision_rate_before": float(tok_rows[0]["value"])})
+    return Output(
+        table,
+        metadata=readable({
+            "metrics": md_table(wide),
+            **flat,
+            "collision_rate_before": float(tok_rows[0]["value"]),
+            "glossary": glossary(
+                {
+                    "metrics": "Recall@k and NDCG@k per model and split (leave-one-out: one held-out item per user, full ranking)",
+                    "collision_rate_before / _after": "share of items sharing their codes before / their SID after collision resolution (as in semantic_ids)",
+                    "codes_used_level_*": "rows of the table: distinct codes per SID level, levels numbered from 1",
+                }
+            ),
+        }),
+    )

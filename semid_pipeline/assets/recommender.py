@@ -14,7 +14,7 @@ from semid_pipeline.core.storage import table_path
 from semid_pipeline.core.recommender.train import TrainParams, recommend, train_recommender
 from semid_pipeline.core.recommender.trie import SIDTrie
 from semid_pipeline.core.tokenizers.versioning import check_decodable, check_same_version
-from semid_pipeline.metadata import line_plot, md_table
+from semid_pipeline.metadata import curves, learning_curve, md_table, order_metric_columns, readable
 from semid_pipeline.partitions import dataset_partitions
 from semid_pipeline.resources import StorageResource, TextEncoderResource
 
@@ -120,8 +120,8 @@ def generative_recommender(
             "rl_best_epoch": int(rl.best_epoch),
             "rl_best_valid_recall@10": float(rl.history[rl.best_epoch]["valid_recall@10"]),
             "rl_seconds_per_epoch": float(np.mean([h["train_seconds"] for h in rl.history[1:]])) if len(rl.history) > 1 else 0.0,
-            "rl_history": md_table(rl_hist),
-            "rl_curve": line_plot(rl.history, ["valid_recall@10", "valid_ndcg@10"], "GRPO validation per epoch"),
+            "rl_history": md_table(order_metric_columns(rl_hist)),
+            "rl_curve": curves(rl.history, {"validation": ["valid_recall@10", "valid_ndcg@10"]}, "GRPO validation per epoch"),
         }
         result.model = rl.model
     result.model.artifact_extra = {"tokenizer_version": sid_version(semantic_ids)}  # saved in config.json by ModelIOManager
@@ -129,18 +129,18 @@ def generative_recommender(
     best = max(result.history, key=lambda h: h.get("valid_recall@10", -1.0)) if result.history else {}
     return Output(
         result.model,
-        metadata={
+        metadata=readable({
             "tokenizer_version": str(sid_version(semantic_ids)),
             "best_epoch": int(best.get("epoch", -1)),
             "best_valid_recall@10": float(best.get("valid_recall@10", 0.0)),
             "best_valid_ndcg@10": float(best.get("valid_ndcg@10", 0.0)),
             "epochs_run": len(result.history),
             "train_seconds": float(sum(h.get("seconds", 0.0) for h in result.history)),
-            "learning_curve": line_plot(result.history, ["loss", "valid_recall@10", "valid_ndcg@10"], "Recommender training"),
-            "history": md_table(hist),
+            "learning_curve": learning_curve(result.history, "Recommender training"),
+            "history": md_table(order_metric_columns(hist)),
             "embedding": model_params.embedding,
             **rl_meta,
-        },
+        }),
     )
 
 
@@ -178,7 +178,7 @@ def generative_recommendations(
             generative_recommender, trie, histories, user_idx, config.beam_size, config.top_k, config.batch_size, progress=context.log.info
         ),
     )
-    yield Output(recs, metadata={"n_rows": len(recs), "beam_size": config.beam_size, "top_k": config.top_k})
+    yield Output(recs, metadata={"beam_size": config.beam_size, "top_k": config.top_k})
     test = per_split["test"]
     n_items = len(sids)
     distinct = (test.shape[1] == config.top_k) & (np.diff(np.sort(test, axis=1), axis=1) != 0).all(axis=1)

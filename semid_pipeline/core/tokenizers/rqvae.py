@@ -423,7 +423,7 @@ def train_rqvae(
     History, one dict per epoch: ``epoch`` (1-based), ``step`` (global steps so far), the epoch
     means of ``total`` (the optimised loss, extra included), ``recon``, ``codebook``,
     ``commitment`` (and ``extra`` plus the extra logs when given), then ``used_codes_l{l}`` and
-    ``perplexity_l{l}`` for the codes the items received during the epoch, ``restarted_l{l}``
+    ``perplexity_l{l}`` (levels ``l`` numbered from 1) for the codes the items received during the epoch, ``restarted_l{l}``
     (dead codes reset in the epoch), ``collision_rate`` of those codes, and ``seconds`` (epoch
     wall time; the first epoch includes the k-means initialisation).
     """
@@ -505,14 +505,14 @@ def train_rqvae(
             level = level_stats["level"]
             record[f"used_codes_l{level}"] = level_stats["used_codes"]
             record[f"perplexity_l{level}"] = level_stats["perplexity"]
-            record[f"restarted_l{level}"] = int(restarted[level])
+            record[f"restarted_l{level}"] = int(restarted[level - 1])
         record["collision_rate"] = collision_rate(codes_np)
         prev_codes = codes_np
         now = time.monotonic()
         record["seconds"] = now - started
         started = now
         history.append(record)
-        used = "/".join(str(record[f"used_codes_l{lv}"]) for lv in range(model.n_levels))
+        used = "/".join(str(record[f"used_codes_l{lv}"]) for lv in range(1, model.n_levels + 1))
         throttle(
             f"rqvae epoch {epoch}/{params.epochs}: loss {record['total']:.4f} (recon {record['recon']:.4f}, "
             f"codebook {record['codebook']:.4f}), codes used {used} of {model.codebook_size}, "

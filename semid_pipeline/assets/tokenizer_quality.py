@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from dagster import AssetExecutionContext, AssetOut, Config, Output, multi_asset
 
-from semid_pipeline.assets.tokenizer import embedding_matrix, tag_paths_for
+from semid_pipeline.core.frames import by_item, embedding_matrix, tag_paths_for
 from semid_pipeline.core.tokenizers.base import tag_labels_for
 from semid_pipeline.core.tokenizers.quality import tokenizer_quality as measure_quality
 from semid_pipeline.metadata import bar_plots, md_table, png_markdown
@@ -55,7 +55,7 @@ def tokenizer_quality(
     item_text_embeddings: pd.DataFrame,
     item_tags: pd.DataFrame,
 ):
-    emb = item_text_embeddings.sort_values("item_idx")
+    emb = by_item(item_text_embeddings)
     x = embedding_matrix(emb)
     vocab, heldout = (None, None)
     if getattr(sid_tokenizer, "tag_keys", None):

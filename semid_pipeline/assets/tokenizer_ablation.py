@@ -1,7 +1,7 @@
 """Tokenizer ablation (HiD-VAE Tables 2/3 shape): the recommender trained on each tokenizer variant.
 
 Runs only when asked (the ``tokenizer_ablation`` job): for every variant in config it trains the
-tokenizer, assigns SIDs, trains and evaluates the recommender (``core/tokenizers/ablation.py``)
+tokenizer, assigns SIDs, trains and evaluates the recommender (``core/experiments/tokenizer_ablation.py``)
 and writes one table, one row per variant.
 """
 
@@ -14,7 +14,7 @@ from dagster import AssetExecutionContext, Config, Output, asset
 from semid_pipeline.core.frames import by_item, embedding_matrix, tag_paths_for
 from semid_pipeline.core.recommender.model import RecommenderParams
 from semid_pipeline.core.recommender.train import TrainParams
-from semid_pipeline.core.tokenizers.ablation import AblationParams, run_tokenizer_ablation
+from semid_pipeline.core.experiments.tokenizer_ablation import AblationParams, run_tokenizer_ablation
 from semid_pipeline.core.tokenizers.base import TokenizerParams
 from semid_pipeline.core.tokenizers.variants import VARIANTS
 from semid_pipeline.metadata import md_table

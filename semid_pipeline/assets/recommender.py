@@ -8,14 +8,13 @@ from semid_pipeline.core.frames import item_column, item_values, sid_matrix, sid
 from semid_pipeline.core.recommender.hierarchy import HierarchyInputs, build_level_tags
 from semid_pipeline.core.recommender.model import RecommenderParams
 from semid_pipeline.core.recommender.rl import GRPOParams, train_grpo
-from semid_pipeline.core.storage import table_path
 from semid_pipeline.core.recommender.train import TrainParams, recommend, train_recommender
 from semid_pipeline.core.recommender.trie import SIDTrie
 from semid_pipeline.core.recommender.vocab import level_sizes
 from semid_pipeline.core.tokenizers.versioning import check_decodable, check_same_version
 from semid_pipeline.metadata import line_plot, md_table
 from semid_pipeline.partitions import dataset_partitions
-from semid_pipeline.resources import StorageResource, TextEncoderResource
+from semid_pipeline.resources import TextEncoderResource
 
 
 class GRPOConfig(Config, GRPOParams):
@@ -29,7 +28,7 @@ class RecommenderConfig(Config, RecommenderParams, TrainParams):
     """Model size (``RecommenderParams``), optimisation (``TrainParams``), TIGER defaults, and ``rl``."""
 
     rl: GRPOConfig = GRPOConfig()
-    """GRPO stage (``rl.enabled``); the ``qarm`` reward reads the ``item_quality_scores`` table of the partition."""
+    """GRPO stage (``rl.enabled``); the ``qarm`` reward uses the ``item_quality_scores`` input (items without a score get 0)."""
 
 
 class RecommendConfig(Config):
@@ -47,8 +46,8 @@ def generative_recommender(
     semantic_ids: pd.DataFrame,
     user_sequences: pd.DataFrame,
     item_tags: pd.DataFrame,
+    item_quality_scores: pd.DataFrame,
     text_encoder: TextEncoderResource,
-    storage: StorageResource,
 ) -> Output:
     """Encoder-decoder over SID tokens, trained on every next-item target of each user's training
     history; the checkpoint kept is the one with the best validation Recall@10. With
@@ -68,10 +67,7 @@ def generative_recommender(
     rl_meta: dict = {}
     if config.rl.enabled:
         rl_params = GRPOParams(**{k: getattr(config.rl, k) for k in GRPOParams.model_fields})
-        quality = None
-        path = table_path(storage.data_dir, "item_quality_scores", context.partition_key)
-        if rl_params.reward == "qarm" and path.exists():
-            quality = item_values(pd.read_parquet(path), "quality_score", item_idx)
+        quality = item_values(item_quality_scores, "quality_score", item_idx) if rl_params.reward == "qarm" else None
         rl = train_grpo(result.model, sids, valid_hist, valid_target, user_idx, rl_params, quality, progress=context.log.info)
         rl_hist = pd.DataFrame([{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in rl.history])
         rl_meta = {

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, Config, Output, asset
 
-from semid_pipeline.core.frames import by_item, embedding_matrix, sid_matrix
+from semid_pipeline.core.frames import by_item, embedding_matrix
 from semid_pipeline.core.storage import read_table, table_path
 from semid_pipeline.core.tokenizers.assign import assign_frozen, assign_full, encode_catalog
 from semid_pipeline.core.tokenizers.collisions import codebook_stats, collision_rate

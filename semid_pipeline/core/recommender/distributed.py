@@ -263,8 +263,8 @@ def _train_rank(
 ) -> TrainResult:
     """The training loop of one rank (the process group is initialised, ``model`` is on ``device``).
 
-    Mirrors the single-process loop of ``train_recommender`` step for step; the differences are the
-    sharded, token-weighted steps, the all-reduced epoch loss, and rank 0's validation broadcast."""
+    The same ``fit`` as the single-process trainer; what differs is the sharded, token-weighted steps,
+    the all-reduced epoch loss, rank 0's validation broadcast and rank 0's clock for the time budget."""
     world, main = dp.world_size, rank == 0
     rows, sampler = data.rows, data.sampler
     tokens, targets = rows.dec_lengths, rows.n_targets

@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 from dagster import AssetExecutionContext, Config, Output, asset
 
-from semid_pipeline.assets.recommender import split_inputs, split_top_k
 from semid_pipeline.core.baselines.popularity import most_popular
 from semid_pipeline.core.baselines.sasrec import SASRecParams, recommend_sasrec, train_sasrec
+from semid_pipeline.core.frames import item_column, split_inputs, split_top_k
 from semid_pipeline.metadata import learning_curve, md_table, order_metric_columns, readable
 from semid_pipeline.partitions import dataset_partitions
 
@@ -20,7 +20,7 @@ def popularity_recommendations(
     context: AssetExecutionContext, config: PopularityConfig, items: pd.DataFrame, user_sequences: pd.DataFrame
 ) -> Output:
     """Most-popular top-K per user and split, popularity counted on what each split may see."""
-    item_ids = items.sort_values("item_idx")["item_id"].to_numpy()
+    item_ids = item_column(items, "item_id")
 
     def rank(histories, user_idx):
         top, scores = most_popular(histories, len(items), config.top_k)
@@ -62,7 +62,7 @@ def sasrec_recommendations(
     context: AssetExecutionContext, config: SASRecRecommendConfig, sasrec_model, items: pd.DataFrame, user_sequences: pd.DataFrame
 ) -> Output:
     """SASRec top-K per user for validation and test (full ranking over the catalog)."""
-    item_ids = items.sort_values("item_idx")["item_id"].to_numpy()
+    item_ids = item_column(items, "item_id")
     recs, _ = split_top_k(
         "sasrec",
         user_sequences,

@@ -6,10 +6,11 @@ import numpy as np
 import pandas as pd
 from dagster import AssetExecutionContext, Config, Output, asset
 
-from semid_pipeline.assets.recommender import sid_matrix, split_inputs
 from semid_pipeline.core.artifacts import read_artifact_meta
+from semid_pipeline.core.frames import by_item, item_column, sid_matrix, split_inputs, tag_paths_for
 from semid_pipeline.core.recommender.explain import PATH_SEP, explain_recommendations, path_source
 from semid_pipeline.core.recommender.hierarchy import build_level_tags
+from semid_pipeline.core.recommender.vocab import level_sizes
 from semid_pipeline.core.storage import model_dir
 from semid_pipeline.metadata import md_table, readable
 from semid_pipeline.partitions import dataset_partitions
@@ -57,8 +58,7 @@ def recommendation_explanations(
     sids = sid_matrix(semantic_ids)
     level_tags = getattr(generative_recommender, "level_tags", None)
     if level_tags is None:
-        tag_paths = item_tags.set_index("item_idx").reindex(semantic_ids.sort_values("item_idx")["item_idx"])["tag_path"]
-        level_tags = build_level_tags(sids, [list(t) if t is not None else [] for t in tag_paths], tuple(int(m) + 1 for m in sids.max(axis=0)))
+        level_tags = build_level_tags(sids, tag_paths_for(item_tags, item_column(semantic_ids, "item_idx")), level_sizes(sids))
     recs = generative_recommendations[generative_recommendations["split"] == config.split]
     users = np.sort(recs["user_idx"].unique())
     if config.max_users is not None:
@@ -66,7 +66,7 @@ def recommendation_explanations(
     recs = recs[recs["user_idx"].isin(users)].sort_values(["user_idx", "rank"])
     histories, targets = split_inputs(user_sequences, config.split)
     uidx = user_sequences["user_idx"].to_numpy(np.int64)
-    titles = items.sort_values("item_idx")["title"].fillna("").to_numpy()
+    titles = by_item(items)["title"].fillna("").to_numpy()
     table = explain_recommendations(
         recs, level_tags, sids, titles, dict(zip(uidx.tolist(), histories)), dict(zip(uidx.tolist(), targets.tolist())), config.max_history
     )

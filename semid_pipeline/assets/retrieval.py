@@ -16,6 +16,7 @@ from dagster import AssetExecutionContext, Config, Output, asset
 from semid_pipeline.core.data.esci import LABELS, QUERY_COLUMNS
 from semid_pipeline.core.data.registry import DATASETS, load_queries
 from semid_pipeline.core.errors import InputError
+from semid_pipeline.core.frames import item_column, sid_matrix
 from semid_pipeline.core.retrieval.bm25 import BM25Index, BM25Params
 from semid_pipeline.core.retrieval.data import build_task, product_texts
 from semid_pipeline.core.retrieval.dense import dense_retrieve
@@ -47,8 +48,7 @@ class RetrievalEvaluationConfig(RetrievalLabels, BM25Params):
 
 
 def _catalog(semantic_ids: pd.DataFrame) -> tuple[list[str], np.ndarray]:
-    s = semantic_ids.sort_values("item_idx")
-    return s["item_id"].astype(str).tolist(), np.stack(s["sid"].to_numpy()).astype(np.int64)
+    return [str(i) for i in item_column(semantic_ids, "item_id")], sid_matrix(semantic_ids)
 
 
 @asset(partitions_def=dataset_partitions, group_name="retrieval", io_manager_key="table_io")

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, Config, Output, asset
 
-from semid_pipeline.assets.tokenizer import embedding_matrix
+from semid_pipeline.core.frames import by_item, embedding_matrix
 from semid_pipeline.core.storage import read_table, table_path
 from semid_pipeline.core.tokenizers.assign import assign_frozen, assign_full, encode_catalog
 from semid_pipeline.core.tokenizers.collisions import codebook_stats, collision_rate
@@ -57,7 +57,7 @@ def semantic_ids(
 ):
     """Each catalog item's codes from the tokenizer, made unique by the collision strategy; in
     ``frozen`` mode items that already had a SID keep it. ``tokenizer_version`` names the tokenizer."""
-    emb = catalog_item_embeddings.sort_values("item_idx")
+    emb = by_item(catalog_item_embeddings)
     x = embedding_matrix(emb)
     codes, last_distances = encode_catalog(sid_tokenizer, x, config.batch_size, last_distances=config.collision_strategy != "append_token")
     version = model_version(sid_tokenizer)

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from dagster import AssetExecutionContext, Config, Output, asset
 
+from semid_pipeline.core.frames import by_item, embedding_matrix, tag_paths_for
 from semid_pipeline.core.tokenizers.base import TokenizerParams, train_tokenizer
 from semid_pipeline.metadata import curves, glossary, md_table, readable
 from semid_pipeline.partitions import dataset_partitions
@@ -18,18 +19,6 @@ from semid_pipeline.resources import TextEncoderResource
 
 class TokenizerConfig(Config, TokenizerParams):
     """Tokenizer kind, RQ-VAE architecture/training (TIGER defaults) and supervised losses (see ``TokenizerParams``)."""
-
-
-def embedding_matrix(item_text_embeddings: pd.DataFrame) -> np.ndarray:
-    """``[N, dim]`` float32 matrix in ``item_idx`` order."""
-    df = item_text_embeddings.sort_values("item_idx")
-    return np.stack(df["embedding"].to_numpy()).astype(np.float32)
-
-
-def tag_paths_for(item_tags: pd.DataFrame, item_idx: np.ndarray) -> list:
-    """``item_tags.tag_path`` of each ``item_idx`` in order (``[]`` for items without tags)."""
-    by_idx = dict(zip(item_tags["item_idx"].to_numpy(np.int64).tolist(), item_tags["tag_path"].tolist()))
-    return [list(by_idx[i]) if i in by_idx and by_idx[i] is not None else [] for i in np.asarray(item_idx).tolist()]
 
 
 @asset(partitions_def=dataset_partitions, group_name="tokenizer", io_manager_key="model_io", pool="gpu")
@@ -42,7 +31,7 @@ def sid_tokenizer(
 ) -> Output:
     """The trained item tokenizer with its per-level tag heads (safetensors + JSON)."""
     params = TokenizerParams(**{k: getattr(config, k) for k in TokenizerParams.model_fields})
-    emb = item_text_embeddings.sort_values("item_idx")
+    emb = by_item(item_text_embeddings)
     x = embedding_matrix(emb)
     paths = tag_paths_for(item_tags, emb["item_idx"].to_numpy(np.int64))
     encoder = text_encoder.get() if params.tag_alignment and params.kind == "rqvae" else None

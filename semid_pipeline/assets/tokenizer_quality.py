@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from dagster import AssetExecutionContext, AssetOut, Config, Output, multi_asset
 
-from semid_pipeline.assets.tokenizer import embedding_matrix, tag_paths_for
+from semid_pipeline.core.frames import by_item, embedding_matrix, tag_paths_for
 from semid_pipeline.core.tokenizers.base import tag_labels_for
 from semid_pipeline.core.tokenizers.quality import tokenizer_quality as measure_quality
 from semid_pipeline.metadata import bar_plots, glossary, md_table, png_markdown, readable
@@ -58,7 +58,7 @@ def tokenizer_quality(
     item_tags: pd.DataFrame,
     semantic_ids: pd.DataFrame,
 ):
-    emb = item_text_embeddings.sort_values("item_idx")
+    emb = by_item(item_text_embeddings)
     x = embedding_matrix(emb)
     assigned = semantic_ids.set_index("item_idx").reindex(emb["item_idx"].to_numpy(np.int64))
     if assigned["sid"].isna().any():

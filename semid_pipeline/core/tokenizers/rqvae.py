@@ -27,7 +27,6 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Dict, List, Literal, NamedTuple, Optional, Tuple, Union
 
-import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -38,6 +37,7 @@ from semid_pipeline.core.artifacts import Artifact, register_artifact
 from semid_pipeline.core.device import resolve_device, seed_everything
 from semid_pipeline.core.progress import ProgressFn, Throttle
 from semid_pipeline.core.tokenizers.collisions import codebook_stats, collision_rate
+from semid_pipeline.core.tokenizers.kmeans import check_embeddings, faiss_kmeans
 
 Activation = Literal["silu", "relu", "gelu"]
 _ACTIVATIONS: Dict[str, Callable[[], nn.Module]] = {"silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU}
@@ -139,24 +139,6 @@ def _mlp(dims: List[int], activation: str, dropout: float) -> nn.Sequential:
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
-
-
-def _faiss_kmeans(points: np.ndarray, k: int, n_iter: int, seed: int) -> np.ndarray:
-    """Seeded faiss k-means returning exactly ``k`` centroids of ``points`` (float32, C-contiguous).
-
-    With fewer points than ``k`` every point becomes a centroid and the remaining rows repeat
-    seeded random points; those duplicates lose every argmin tie (lowest index wins), stay unused
-    and are recycled by dead-code restarts.
-    """
-    n, dim = points.shape
-    k_fit = min(k, n)
-    km = faiss.Kmeans(dim, k_fit, niter=n_iter, seed=seed, verbose=False, min_points_per_centroid=1, max_points_per_centroid=256)
-    km.train(points)
-    centroids = km.centroids.reshape(k_fit, dim)
-    if k_fit < k:
-        extra = points[np.random.default_rng(seed).integers(0, n, size=k - k_fit)]
-        centroids = np.concatenate([centroids, extra], axis=0)
-    return np.ascontiguousarray(centroids, dtype=np.float32)
 
 
 @register_artifact
@@ -311,7 +293,7 @@ class RQVAE(nn.Module, Artifact):
         """
         r = self.encode_latent(x)
         for level in range(self.n_levels):
-            centroids = _faiss_kmeans(r.float().cpu().numpy(), self.codebook_size, n_iter, seed + level)
+            centroids = faiss_kmeans(r.float().cpu().numpy(), self.codebook_size, n_iter, seed + level)
             self.codebooks[level].copy_(torch.from_numpy(centroids).to(self.device))
             r = r - self.codebooks[level][self.level_distances(r, level).argmin(dim=-1)]
 
@@ -337,17 +319,6 @@ class RQVAE(nn.Module, Artifact):
         model = cls(**config)
         model.load_state_dict(tensors)
         return model.eval()
-
-
-def _check_embeddings(embeddings: np.ndarray) -> np.ndarray:
-    arr = np.asarray(embeddings)
-    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"embeddings must be a non-empty 2-D (items, dim) array, got shape {arr.shape}")
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    if not np.isfinite(arr).all():
-        bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
-        raise ValueError(f"embeddings contain NaN/inf in {bad.size} rows (first item index {int(bad[0])})")
-    return arr
 
 
 def _reset_dead_codes(
@@ -427,7 +398,7 @@ def train_rqvae(
     (dead codes reset in the epoch), ``collision_rate`` of those codes, and ``seconds`` (epoch
     wall time; the first epoch includes the k-means initialisation).
     """
-    data_np = _check_embeddings(embeddings)
+    data_np = check_embeddings(embeddings)
     n_items = data_np.shape[0]
     device = resolve_device(params.device)
     shuffle_gen = seed_everything(params.seed)

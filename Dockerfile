@@ -4,11 +4,12 @@ FROM python:3.11-slim
 ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 DAGSTER_HOME=/opt/dagster/home SEMID_DATA_DIR=/opt/dagster/data \
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 WORKDIR /opt/semid_pipeline
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY semid_pipeline ./semid_pipeline
 COPY configs ./configs
-RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
-    && pip install ".[deploy]"
+# every version from the lock (requirements.lock, refreshed by scripts/lock.sh), torch's CPU build first
+RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu -c requirements.lock torch \
+    && pip install -c requirements.lock ".[deploy]"
 RUN mkdir -p $DAGSTER_HOME $SEMID_DATA_DIR
 COPY docker/dagster.yaml $DAGSTER_HOME/dagster.yaml
 COPY docker/workspace.yaml /opt/semid_pipeline/workspace.yaml

@@ -6,7 +6,7 @@ Both decoders run on the same TIGER-size model (d_model 128, 4 + 4 layers, 6 hea
 * ours: ``constrained_beam_search`` (batched over users and beams, trie tables gathered on device)
   at ``--batch-size`` (the headline) and at every ``--our-batch-sizes`` entry;
 * Hugging Face: ``HFRecommender.generate(num_beams, prefix_allowed_tokens_fn)`` with its KV cache
-  (``core/recommender/hf_adapter.py``), at ``--batch-size`` and at every ``--hf-batch-sizes`` entry.
+  (``devtools/hf_adapter.py``), at ``--batch-size`` and at every ``--hf-batch-sizes`` entry.
 
 Speed-ups: ours at ``--batch-size`` vs HF at its best batch size, best vs best (each side at its
 own fastest batch size: the headline), and same batch vs same batch.
@@ -65,7 +65,7 @@ from semid_pipeline.core.artifacts import load_artifact  # noqa: E402
 from semid_pipeline.core.device import configure_threads, resolve_device  # noqa: E402
 from semid_pipeline.core.recommender.beam import constrained_beam_search  # noqa: E402
 from semid_pipeline.core.recommender.data import PackedRows, build_inference_rows  # noqa: E402
-from semid_pipeline.core.recommender.hf_adapter import HFRecommender, TriePrefixAllowedTokens, hf_beam_search  # noqa: E402
+from semid_pipeline.devtools.hf_adapter import HFRecommender, TriePrefixAllowedTokens, hf_beam_search  # noqa: E402
 from semid_pipeline.core.recommender.model import GenerativeRecommender, RecommenderParams  # noqa: E402
 from semid_pipeline.core.recommender.trie import SIDTrie  # noqa: E402
 from semid_pipeline.core.recommender.vocab import SIDVocab  # noqa: E402

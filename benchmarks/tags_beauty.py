@@ -28,7 +28,7 @@ from semid_pipeline.core.data.amazon import AmazonParams, load_amazon
 from semid_pipeline.core.data.preprocess import PreprocessParams, build_tables
 from semid_pipeline.core.device import configure_threads
 from semid_pipeline.core.enrich.llm import LLMClient, LLMParams
-from semid_pipeline.core.enrich.local_llm import LlamaCppServer, smollm2_gguf_path
+from semid_pipeline.devtools.local_llm import LlamaCppServer, smollm2_gguf_path
 from semid_pipeline.core.enrich.tags import LLMTagClassifier, TagParams, TagPool, tag_items
 from semid_pipeline.core.enrich.text_encoder import TextEncoder, TextEncoderParams
 

@@ -33,7 +33,7 @@ import torch
 
 from semid_pipeline.core.recommender.model import RecommenderParams
 from semid_pipeline.core.recommender.train import TrainParams
-from semid_pipeline.core.tokenizers.ablation import AblationParams, run_tokenizer_ablation
+from semid_pipeline.core.experiments.tokenizer_ablation import AblationParams, run_tokenizer_ablation
 from semid_pipeline.core.tokenizers.base import TokenizerParams
 from semid_pipeline.core.tokenizers.variants import BEAUTY_SCHEDULE, VARIANTS
 

@@ -24,4 +24,4 @@ PY
 dagster asset materialize -m semid_pipeline.definitions --select "$UPSTREAM" --partition demo --config configs/ci.yaml
 # 2. the stage and its direct downstream assets, as CI does after a change to that stage
 dagster asset materialize -m semid_pipeline.definitions --select "${STAGE}+" --partition demo --config configs/ci.yaml
-python -m semid_pipeline.core.tokenizers.versioning --data-dir "$SEMID_DATA_DIR" --dataset demo
+python -m semid_pipeline.versions --data-dir "$SEMID_DATA_DIR" --dataset demo

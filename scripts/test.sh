@@ -2,7 +2,7 @@
 # README command two: install everything, then run the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh dev,llm,vision
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 # Two workers (one per core), a test file per worker, one torch thread each: the suite's CPU time

@@ -25,7 +25,7 @@ from semid_pipeline.assets import (
     tokenizer_quality,
 )
 from semid_pipeline.io_managers import ModelIOManager, ParquetIOManager
-from semid_pipeline.jobs import full_pipeline_job, retokenize_frozen_job, retokenize_job, retokenize_schedule, retrieval_job, tokenizer_ablation_job
+from semid_pipeline.jobs import demo_pipeline_job, full_pipeline_job, retokenize_frozen_job, retokenize_job, retokenize_schedule, retrieval_job, tokenizer_ablation_job
 from semid_pipeline.paths import default_data_dir, default_shared_dir
 from semid_pipeline.resources import DatasetsResource, LLMResource, StorageResource, TextEncoderResource
 from semid_pipeline.sensors import incoming_items_sensor
@@ -74,7 +74,7 @@ on_demand_assets = load_assets_from_modules([tokenizer_ablation])
 
 defs = Definitions(
     assets=all_assets + on_demand_assets,
-    jobs=[full_pipeline_job, retokenize_job, retokenize_frozen_job, retrieval_job, tokenizer_ablation_job],
+    jobs=[full_pipeline_job, demo_pipeline_job, retokenize_job, retokenize_frozen_job, retrieval_job, tokenizer_ablation_job],
     schedules=[retokenize_schedule],
     sensors=[incoming_items_sensor],
     resources=build_resources(),

@@ -10,6 +10,7 @@ from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputCo
 
 from semid_pipeline.core import storage as tables
 from semid_pipeline.core.artifacts import Artifact, load_artifact, read_artifact_meta, save_artifact
+from semid_pipeline.metadata import table_metadata
 from semid_pipeline.resources import StorageResource
 
 
@@ -22,6 +23,13 @@ def _partition(context: InputContext | OutputContext) -> str:
     return "default"
 
 
+def add_missing_metadata(context: OutputContext, metadata: dict[str, Any]) -> None:
+    """Adds the IO manager's entries that the asset did not set itself: Dagster lets IO-manager
+    metadata replace the asset's on a shared key, and the asset's own value is the one that means something."""
+    own = set(context.output_metadata or {})
+    context.add_output_metadata({k: v for k, v in metadata.items() if k not in own})
+
+
 class ParquetIOManager(ConfigurableIOManager):
     """Stores each (table asset, dataset) as ``<data_dir>/tables/<asset>/dataset=<key>/part.parquet``."""
 
@@ -32,13 +40,13 @@ class ParquetIOManager(ConfigurableIOManager):
             return
         name = context.asset_key.path[-1]
         path = tables.write_table(self.storage.data_dir, name, _partition(context), obj)
-        context.add_output_metadata(
+        add_missing_metadata(
+            context,
             {
+                **table_metadata(obj, path),
                 "path": MetadataValue.path(str(path)),
-                "rows": len(obj),
-                "columns": ", ".join(map(str, obj.columns)),
                 "duckdb_view": f"select * from {name} where dataset = '{_partition(context)}'",
-            }
+            },
         )
 
     def load_input(self, context: InputContext) -> pd.DataFrame:
@@ -58,7 +66,7 @@ class ModelIOManager(ConfigurableIOManager):
         extra.update(getattr(obj, "artifact_extra", None) or {})  # e.g. the tokenizer version a recommender was trained on
         save_artifact(obj, directory, extra=extra)
         n_params = sum(int(t.numel()) for t in obj.artifact_tensors().values())
-        context.add_output_metadata({"path": MetadataValue.path(str(directory)), "kind": obj.KIND, "n_tensor_values": n_params})
+        add_missing_metadata(context, {"path": MetadataValue.path(str(directory)), "artifact_kind": obj.KIND, "n_tensor_values": n_params})
 
     def load_input(self, context: InputContext) -> Artifact:
         directory = tables.model_dir(self.storage.data_dir, context.asset_key.path[-1], _partition(context))

@@ -70,7 +70,7 @@ def test_append_dedup_token_large_random_matches_reference():
 def test_codebook_stats_hand_example():
     codes = np.array([[0, 0], [0, 1], [1, 0], [1, 0]])
     stats = codebook_stats(codes, codebook_size=4)
-    assert [s["level"] for s in stats] == [0, 1]
+    assert [s["level"] for s in stats] == [1, 2]  # levels are numbered from 1 in every report
     s0, s1 = stats
     assert s0["used_codes"] == 2 and s0["utilisation"] == 0.5
     assert s0["perplexity"] == pytest.approx(2.0)  # uniform over two codes

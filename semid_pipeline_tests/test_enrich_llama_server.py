@@ -15,7 +15,7 @@ from dagster import DagsterInstance, SourceAsset, materialize
 from semid_pipeline.assets.tags import hierarchical_tags
 from semid_pipeline.core import storage
 from semid_pipeline.core.enrich.llm import LLMClient, LLMError, LLMParams
-from semid_pipeline.core.enrich.local_llm import LlamaCppServer, llama_server_available, smollm2_gguf_path
+from semid_pipeline.devtools.local_llm import LlamaCppServer, llama_server_available, smollm2_gguf_path
 from semid_pipeline.core.enrich.tags import LLMTagClassifier, TagParams, TagPool, tag_items
 from semid_pipeline.core.enrich.text_encoder import TextEncoder, TextEncoderParams
 from semid_pipeline.partitions import dataset_partitions

@@ -26,7 +26,7 @@ from semid_pipeline.core.enrich.fusion import FusionParams, train_fusion
 from semid_pipeline.core.enrich.image_encoder import ImageEncoderParams, embed_images
 from semid_pipeline.core.enrich.item_text import compose_item_texts
 from semid_pipeline.core.enrich.llm import LLMClient, LLMParams
-from semid_pipeline.core.enrich.standin_server import StandInServer
+from semid_pipeline.devtools.standin_server import StandInServer
 from semid_pipeline.core import storage
 from semid_pipeline.definitions import all_assets
 from semid_pipeline.resources import LLMResource

@@ -98,3 +98,84 @@ def test_hand_scored_sql_agrees_with_evaluation_asset(demo_run):
     assert {"generative", "most_popular", "sasrec"} <= {row["model"] for row in result["metrics"]}
     assert result["agree"], result["max_abs_diff"]
     assert all(c["min_items"] == c["max_items"] == 10 and c["lists_with_repeats"] == 0 and c["unknown_items"] == 0 for c in result["list_checks"])
+
+
+def _metadata(result) -> dict:
+    return {e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()}
+
+
+def test_every_table_shows_rows_and_columns_natively(demo_run):
+    from semid_pipeline.definitions import defs
+
+    result, data_dir = demo_run
+    meta = _metadata(result)
+    graph = defs.resolve_asset_graph()
+    tables = [k.to_user_string() for k in graph.get_all_asset_keys() if k.to_user_string() in meta and "duckdb_view" in meta[k.to_user_string()]]
+    assert {"semantic_ids", "evaluation", "tokenizer_quality", "recommendation_explanations", "items"} <= set(tables)
+    for name in tables:
+        md = meta[name]
+        assert "dagster/row_count" in md and "dagster/column_schema" in md, name
+        on_disk = storage.read_table(data_dir, name, "demo")
+        assert md["dagster/row_count"].value == len(on_disk), name
+        assert [c.name for c in md["dagster/column_schema"].schema.columns] == list(on_disk.columns), name
+
+
+def test_model_io_manager_keeps_the_assets_kind(demo_run):
+    meta = _metadata(demo_run[0])["sid_tokenizer"]
+    assert meta["kind"].value == "rqvae"  # the asset's own entry, not the artifact class
+    assert meta["artifact_kind"].value == "sid_tokenizer"
+
+
+def test_levels_are_numbered_from_one_everywhere(demo_run):
+    result, data_dir = demo_run
+    meta = _metadata(result)
+    n_levels = meta["semantic_ids"]["n_levels"].value
+    tok = meta["sid_tokenizer"]
+    assert {f"last_epoch_used_codes_l{lv}" for lv in range(1, n_levels + 1)} <= set(tok)
+    assert not any(k.endswith("_l0") for k in tok)
+    for asset_name, entry in (("semantic_ids", "codebook_stats"), ("tokenizer_quality", "levels")):
+        rows = meta[asset_name][entry].value.splitlines()[2:]
+        assert [int(r.split("|")[1]) for r in rows] == list(range(1, n_levels + 1)), asset_name
+    quality = storage.read_table(data_dir, "tokenizer_quality", "demo")
+    assert sorted(quality["level"].dropna().unique().tolist()) == list(range(1, n_levels + 1))
+    assert quality.loc[quality["level"].isna(), "metric"].str.contains("collision_rate_before").any()  # whole tokenizer: null level
+    ev = storage.read_table(data_dir, "evaluation", "demo")
+    assert {f"codes_used_level_{lv}" for lv in range(1, n_levels + 1)} <= set(ev["metric"])
+
+
+def test_tokenizer_quality_describes_the_sids_semantic_ids_produced(demo_run):
+    result, data_dir = demo_run
+    meta = _metadata(result)
+    sem, quality = meta["semantic_ids"], meta["tokenizer_quality"]
+    assert quality["collision_strategy"].value == sem["collision_strategy"].value
+    assert quality["sid_length"].value == sem["sid_length"].value
+    assert quality["collision_rate_before"].value == sem["collision_rate_before"].value
+    sids = storage.read_table(data_dir, "semantic_ids", "demo").set_index("item_id")["sid_str"]
+    sample = storage.read_table(data_dir, "tokenizer_sample_paths", "demo")
+    assert len(sample) and (sample["sid_str"].to_numpy() == sids.loc[sample["item_id"]].to_numpy()).all()
+
+
+def test_tables_and_scalars_are_readable(demo_run):
+    meta = _metadata(demo_run[0])
+    header = meta["evaluation"]["metrics"].value.splitlines()[0]
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    assert cols[2:] == ["recall@5", "recall@10", "ndcg@5", "ndcg@10"]
+    for name in ("sid_tokenizer", "semantic_ids", "tokenizer_quality", "evaluation", "generative_recommender"):
+        for key, value in meta[name].items():
+            v = getattr(value, "value", None)
+            if isinstance(v, float) and v not in (0.0,) and v == v:
+                assert len(f"{abs(v):.12g}".replace(".", "").lstrip("0")) <= 4 or abs(v) >= 1000, (name, key, v)
+            if isinstance(v, str) and v.startswith("|"):
+                assert ".0000 " not in v and not any(len(tok) > 12 and tok.replace(".", "").isdigit() for tok in v.split()), (name, key)
+    assert meta["generative_recommender"]["learning_curve"].value.startswith("![plot](data:image/png;base64,")
+    assert "training_curves" in meta["sid_tokenizer"] and "history_tail" not in meta["sid_tokenizer"]
+
+
+def test_explanations_rank_from_one_and_say_how_paths_were_derived(demo_run):
+    result, data_dir = demo_run
+    expl = storage.read_table(data_dir, "recommendation_explanations", "demo")
+    assert expl.groupby("user_idx")["rank"].min().eq(1).all() and expl["rank"].max() == 10
+    meta = _metadata(result)["recommendation_explanations"]
+    assert "majority" in meta["path_derivation"].value  # the tiny run's tokenizer is plain TIGER
+    history = meta["example_user_history"].value
+    assert len(history.splitlines()) >= 3  # header, rule, at least one history item

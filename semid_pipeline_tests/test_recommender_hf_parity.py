@@ -7,7 +7,7 @@ import torch
 from semid_pipeline.core.recommender import beam
 from semid_pipeline.core.recommender.beam import constrained_beam_search
 from semid_pipeline.core.recommender.data import build_inference_rows
-from semid_pipeline.core.recommender.hf_adapter import HFRecommender, TriePrefixAllowedTokens, hf_beam_search
+from semid_pipeline.devtools.hf_adapter import HFRecommender, TriePrefixAllowedTokens, hf_beam_search
 from semid_pipeline.core.recommender.model import GenerativeRecommender, RecommenderParams
 from semid_pipeline.core.recommender.trie import SIDTrie
 from semid_pipeline.core.recommender.vocab import BOS, PAD, SIDVocab

@@ -139,6 +139,17 @@ def test_explanations_decode_recommended_and_history_paths():
     assert out["tag_path_str"].tolist()[0] == "Hair > Body > Serums" and out["sid_str"].tolist() == ["1-0-0-0", "0-1-1-0"]
     assert out["hit"].tolist() == [False, True] and out["title"].tolist() == ["D", "B"]
     assert out["history_titles"][0] == ["C", "E"] and out["history_paths"][0] == ["Skincare > Body > Masks", "Hair > Body > Serums"]
+    assert out["rank"].tolist() == [1, 2]  # ranks count from 1 in what a person reads
+    shares = out["tag_path_share"].tolist()
+    assert [len(s) for s in shares] == [3, 3] and all(0.0 < v <= 1.0 for s in shares for v in s)
+    assert shares[0] == [tags.share[lv][int(SIDS[3][lv])] for lv in range(3)]
+
+
+def test_path_source_says_how_paths_were_derived():
+    from semid_pipeline.core.recommender.explain import path_source
+
+    assert "majority" in path_source(False) and "not trained on tags" in path_source(False)
+    assert "supervised" in path_source(True) and path_source(True) != path_source(False)
 
 
 def test_table_memo_is_invalidated_by_updates_and_grad_mode():

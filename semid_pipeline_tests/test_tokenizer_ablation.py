@@ -6,7 +6,7 @@ import pytest
 
 from semid_pipeline.core.recommender.model import RecommenderParams
 from semid_pipeline.core.recommender.train import TrainParams
-from semid_pipeline.core.tokenizers.ablation import AblationParams, run_tokenizer_ablation
+from semid_pipeline.core.experiments.tokenizer_ablation import AblationParams, run_tokenizer_ablation
 from semid_pipeline.core.tokenizers.base import TokenizerParams
 
 from .test_tokenizer_kinds import fake_text_embed, synthetic

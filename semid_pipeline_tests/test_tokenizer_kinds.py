@@ -126,3 +126,27 @@ def test_four_level_variant_with_three_tag_levels(tmp_path):
     assert q.sample_paths["decoded_path"].str.count(" > ").eq(2).all()
     save_artifact(res.tokenizer, tmp_path / "tok")
     np.testing.assert_array_equal(load_artifact(tmp_path / "tok").encode(x).numpy(), codes)
+
+
+def test_quality_report_describes_the_given_sids():
+    """Given the SIDs semantic_ids produced (append_token: L + 1 tokens), the report names that
+    strategy and length and its sample paths show those SIDs, whatever its default strategy."""
+    from semid_pipeline.core.tokenizers.assign import encode_catalog
+    from semid_pipeline.core.tokenizers.quality import strategy_of
+
+    x, paths = synthetic(n=200)
+    res = train_tokenizer(x, TokenizerParams(**SMALL), paths)
+    codes, _ = encode_catalog(res.tokenizer, x, 8192, last_distances=False)
+    sids, _ = resolve_collisions(codes, strategy="append_token")
+    assert strategy_of(codes, sids) == "append_token" and strategy_of(codes, codes) == "sinkhorn"
+    ids = [f"i{i}" for i in range(len(x))]
+    q = tokenizer_quality(res.tokenizer, x, res.vocab, res.heldout, ids, strategy="sinkhorn", n_samples=6, n_projection=20, codes=codes, sids=sids)
+    s = q.summary
+    assert s["collision_strategy"] == "append_token" and s["sid_length"] == codes.shape[1] + 1
+    assert s["collision_rate_before"] == collision_rate(codes) and s["collision_rate_after"] == 0.0
+    want = {f"i{i}": "-".join(map(str, sids[i])) for i in range(len(x))}
+    assert all(want[item] == sid for item, sid in zip(q.sample_paths["item_id"], q.sample_paths["sid_str"]))
+    assert q.sample_paths["sid_str"].str.count("-").eq(codes.shape[1]).all()  # 4 tokens, e.g. 5-1-3-0
+    assert q.levels["level"].tolist() == [1, 2, 3]
+    with pytest.raises(ValueError, match="neither"):
+        strategy_of(codes, sids[:, :1])

@@ -115,8 +115,10 @@ def test_losses_decrease_on_clustered_data():
     first, last = result.history[0], result.history[-1]
     assert len(result.history) == 30
     assert last["total"] < first["total"] and last["recon"] < 0.7 * first["recon"]
-    for key in ("total", "recon", "codebook", "commitment", "collision_rate", "seconds", "used_codes_l1", "perplexity_l0", "restarted_l1"):
+    for key in ("total", "recon", "codebook", "commitment", "collision_rate", "seconds", "used_codes_l1", "perplexity_l1", "restarted_l1"):
         assert key in last
+    n_levels = tiny_params().n_levels  # levels numbered 1..L, as in every report
+    assert f"used_codes_l{n_levels}" in last and "used_codes_l0" not in last and f"used_codes_l{n_levels + 1}" not in last
     assert not result.model.training
 
 
@@ -159,9 +161,9 @@ def test_dead_codes_get_restarted_in_training():
     base = dict(epochs=15, kmeans_init=False)
     without = train_rqvae(x, tiny_params(**base, dead_code_restart=False), progress=quiet).history
     with_restart = train_rqvae(x, tiny_params(**base, dead_code_window=2), progress=quiet).history
-    assert sum(h["restarted_l0"] for h in without) == 0
-    assert sum(h["restarted_l0"] for h in with_restart) > 0
-    assert with_restart[-1]["used_codes_l0"] > without[-1]["used_codes_l0"]
+    assert sum(h["restarted_l1"] for h in without) == 0
+    assert sum(h["restarted_l1"] for h in with_restart) > 0
+    assert with_restart[-1]["used_codes_l1"] > without[-1]["used_codes_l1"]
 
 
 def test_same_seed_gives_identical_codes():

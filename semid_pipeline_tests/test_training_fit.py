@@ -78,3 +78,26 @@ def test_lr_schedules():
     assert capped(1) == pytest.approx(0.5)  # the time budget is half spent: halfway down the cosine
     assert lr_multiplier("constant", warmup_steps=0)(12345) == 1.0
     assert not math.isnan(cos(10_000))
+
+
+def test_fit_validate_first_rolls_back_and_train_mode_off_keeps_eval():
+    x, y = _problem()
+    model = nn.Sequential(nn.Linear(4, 1), nn.Dropout(0.5))
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    modes = []
+
+    def step(b):
+        modes.append(model.training)
+        return ((model(b[0]).squeeze(-1) - b[1]) ** 2).mean(), len(b[1])
+
+    params = OptimParams(epochs=3, lr=0.05, warmup_steps=0)
+    # every later validation scores worse than the initial weights: the initial weights come back
+    scores = iter([1.0, 0.5, 0.4, 0.3])
+    result = fit(model, _batches(x, y), step, params, validate=lambda m: {"k": next(scores)}, select_on=("k",),
+                 train_mode=False, validate_first=True)
+    assert [r["epoch"] for r in result.history] == [0, 1, 2, 3]
+    assert set(result.history[0]) == {"epoch", "valid_k", "seconds"}
+    assert result.best_epoch == 0 and result.best == (1.0,)
+    assert all(torch.equal(result.model.state_dict()[k], v) for k, v in start.items())
+    assert modes and not any(modes)  # dropout stayed off
+    assert all(r["train_seconds"] <= r["seconds"] for r in result.history[1:])

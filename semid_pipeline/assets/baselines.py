@@ -4,11 +4,11 @@ import numpy as np
 import pandas as pd
 from dagster import AssetExecutionContext, Config, Output, asset
 
-from semid_pipeline.assets.recommender import split_inputs, split_top_k
 from semid_pipeline.core.baselines.popularity import most_popular
 from semid_pipeline.core.baselines.sasrec import SASRecParams, recommend_sasrec, train_sasrec
+from semid_pipeline.core.frames import item_column, split_inputs, split_top_k
 from semid_pipeline.core.recommendations import check_top_k
-from semid_pipeline.metadata import line_plot, md_table
+from semid_pipeline.metadata import learning_curve, md_table, order_metric_columns, readable
 from semid_pipeline.partitions import dataset_partitions
 
 
@@ -21,7 +21,7 @@ def popularity_recommendations(
     context: AssetExecutionContext, config: PopularityConfig, items: pd.DataFrame, user_sequences: pd.DataFrame
 ) -> Output:
     """Most-popular top-K per user and split, popularity counted on what each split may see."""
-    item_ids = items.sort_values("item_idx")["item_id"].to_numpy()
+    item_ids = item_column(items, "item_id")
     check_top_k(config.top_k, len(items))
 
     def rank(histories, user_idx):
@@ -29,7 +29,7 @@ def popularity_recommendations(
         return np.tile(top, (len(user_idx), 1)), np.tile(scores, (len(user_idx), 1))
 
     recs, _ = split_top_k("most_popular", user_sequences, item_ids, rank)
-    return Output(recs, metadata={"n_rows": len(recs)})
+    return Output(recs)
 
 
 class SASRecConfig(Config, SASRecParams):
@@ -45,12 +45,12 @@ def sasrec_model(context: AssetExecutionContext, config: SASRecConfig, items: pd
     hist = pd.DataFrame([{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in result.history])
     return Output(
         result.model,
-        metadata={
+        metadata=readable({
             "epochs_run": len(result.history),
             "train_seconds": float(hist["seconds"].sum()) if "seconds" in hist else 0.0,
-            "learning_curve": line_plot(result.history, ["loss", "valid_recall@10", "valid_ndcg@10"], "SASRec training"),
-            "history": md_table(hist.tail(15)),
-        },
+            "learning_curve": learning_curve(result.history, "SASRec training"),
+            "history": md_table(order_metric_columns(hist)),
+        }),
     )
 
 
@@ -64,7 +64,7 @@ def sasrec_recommendations(
     context: AssetExecutionContext, config: SASRecRecommendConfig, sasrec_model, items: pd.DataFrame, user_sequences: pd.DataFrame
 ) -> Output:
     """SASRec top-K per user for validation and test (full ranking over the catalog)."""
-    item_ids = items.sort_values("item_idx")["item_id"].to_numpy()
+    item_ids = item_column(items, "item_id")
     check_top_k(config.top_k, len(items))
     recs, _ = split_top_k(
         "sasrec",
@@ -72,4 +72,4 @@ def sasrec_recommendations(
         item_ids,
         lambda histories, _users: recommend_sasrec(sasrec_model, histories, top_k=config.top_k, batch_size=config.batch_size),
     )
-    return Output(recs, metadata={"n_rows": len(recs)})
+    return Output(recs)

@@ -17,7 +17,7 @@ from semid_pipeline.core.enrich.descriptors import (
     mine_descriptors,
 )
 from semid_pipeline.core.enrich.item_text import compose_item_texts
-from semid_pipeline.metadata import llm_run_metadata, md_table
+from semid_pipeline.metadata import llm_run_metadata, md_table, readable
 from semid_pipeline.partitions import dataset_partitions
 from semid_pipeline.resources import LLMResource, StorageResource
 
@@ -115,6 +115,6 @@ def descriptor_quality(
     metadata = {"stage": stage, "backend": params.backend}
     metadata.update({k: v for k, v in stats.items() if isinstance(v, (int, float))})
     metadata.update(llm_run_metadata(run_stats))
-    yield Output(labels, "descriptor_quality_labels", metadata=metadata)
-    yield Output(scores, "item_quality_scores", metadata={"stage": stage, "n_items": len(scores),
-                 "mean_quality_score": float(scores["quality_score"].mean()) if len(scores) else 0.0})
+    yield Output(labels, "descriptor_quality_labels", metadata=readable(metadata))
+    yield Output(scores, "item_quality_scores", metadata=readable({"stage": stage, "n_items": len(scores),
+                 "mean_quality_score": float(scores["quality_score"].mean()) if len(scores) else 0.0}))

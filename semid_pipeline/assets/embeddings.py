@@ -13,7 +13,7 @@ from dagster import AssetExecutionContext, Config, Output, asset
 
 from semid_pipeline.core.enrich.fusion import FusionParams, train_fusion
 from semid_pipeline.core.enrich.item_text import compose_item_texts
-from semid_pipeline.metadata import line_plot
+from semid_pipeline.metadata import line_plot, readable
 from semid_pipeline.partitions import dataset_partitions
 from semid_pipeline.resources import TextEncoderResource
 
@@ -83,4 +83,4 @@ def item_text_embeddings(
             "example_text": texts[0] if texts else "",
         }
     )
-    return Output(df, metadata=metadata)
+    return Output(df, metadata=readable(metadata))

@@ -6,30 +6,16 @@ import numpy as np
 import pandas as pd
 from dagster import AssetExecutionContext, Config, Output, asset
 
-from semid_pipeline.assets.recommender import split_inputs
-from semid_pipeline.core.metrics import evaluate_topk
-from semid_pipeline.core.recommendations import ranked_matrix
+from semid_pipeline.core.frames import sid_matrix
+from semid_pipeline.core.metrics import score_lists
 from semid_pipeline.core.tokenizers.collisions import collision_rate
-from semid_pipeline.metadata import md_table
+from semid_pipeline.metadata import glossary, md_table, metric_sort_key, order_metric_columns, readable
 from semid_pipeline.partitions import dataset_partitions
 
 
 class EvaluationConfig(Config):
     ks: List[int] = [5, 10]
     """Cut-offs for Recall@k and NDCG@k (full ranking over the catalog, one held-out item)."""
-
-
-def score_lists(recs: pd.DataFrame, user_sequences: pd.DataFrame, ks: List[int]) -> pd.DataFrame:
-    """Long metric table (model, split, metric, k, value, n_users) from exported top-K lists."""
-    user_idx = user_sequences["user_idx"].to_numpy(np.int64)
-    rows = []
-    for (model, split), group in recs.groupby(["model", "split"], sort=True):
-        _, target = split_inputs(user_sequences, split)
-        ranked = ranked_matrix(group, user_idx, max(ks))
-        for name, value in evaluate_topk(ranked, target, ks).items():
-            metric, k = name.split("@")
-            rows.append({"model": model, "split": split, "metric": metric, "k": int(k), "value": value, "n_users": len(user_idx)})
-    return pd.DataFrame(rows, columns=["model", "split", "metric", "k", "value", "n_users"])
 
 
 @asset(partitions_def=dataset_partitions, group_name="evaluation", io_manager_key="table_io")
@@ -45,8 +31,7 @@ def evaluation(
     """Recall/NDCG@k on validation and test for every model, and the SIDs' collision rate and codebook use."""
     recs = pd.concat([generative_recommendations, popularity_recommendations, sasrec_recommendations], ignore_index=True)
     metrics = score_lists(recs, user_sequences, config.ks)
-    codes = np.stack(semantic_ids.sort_values("item_idx")["codes"].to_numpy())
-    sids = np.stack(semantic_ids.sort_values("item_idx")["sid"].to_numpy())
+    codes, sids = sid_matrix(semantic_ids, "codes"), sid_matrix(semantic_ids)
     tok_rows = [
         {"model": "sid_tokenizer", "split": "catalog", "metric": "collision_rate_before", "k": 0, "value": collision_rate(codes)},
         {"model": "sid_tokenizer", "split": "catalog", "metric": "collision_rate_after", "k": 0, "value": collision_rate(sids)},
@@ -57,7 +42,23 @@ def evaluation(
     tok = pd.DataFrame(tok_rows).assign(n_users=0)
     table = pd.concat([metrics, tok], ignore_index=True)
     wide = metrics.assign(name=metrics["metric"] + "@" + metrics["k"].astype(str)).pivot_table(index=["model", "split"], columns="name", values="value").reset_index()
+    wide = order_metric_columns(wide)
     test = metrics[(metrics["split"] == "test") & (metrics["k"] == 10)].set_index(["model", "metric"])["value"]
-    flat = {f"test_{m}_{metric}@10": float(v) for (m, metric), v in test.items()}
+    in_order = sorted(test.items(), key=lambda kv: (kv[0][0], metric_sort_key(f"{kv[0][1]}@10")))  # per model: recall, ndcg
+    flat = {f"test_{m}_{metric}@10": float(v) for (m, metric), v in in_order}
     context.log.info(f"test @10: {flat}")
-    return Output(table, metadata={"metrics": md_table(wide), **flat, "collision_rate_before": float(tok_rows[0]["value"])})
+    return Output(
+        table,
+        metadata=readable({
+            "metrics": md_table(wide),
+            **flat,
+            "collision_rate_before": float(tok_rows[0]["value"]),
+            "glossary": glossary(
+                {
+                    "metrics": "Recall@k and NDCG@k per model and split (leave-one-out: one held-out item per user, full ranking)",
+                    "collision_rate_before / _after": "share of items sharing their codes before / their SID after collision resolution (as in semantic_ids)",
+                    "codes_used_level_*": "rows of the table: distinct codes per SID level, levels numbered from 1",
+                }
+            ),
+        }),
+    )

@@ -5,6 +5,7 @@ from dagster import AssetExecutionContext, AssetIn, AssetOut, Config, Output, mu
 from semid_pipeline.core.data.preprocess import PreprocessParams, build_tables
 from semid_pipeline.core.data.registry import DATASETS
 from semid_pipeline.core.data.schema import RawDataset
+from semid_pipeline.metadata import readable
 from semid_pipeline.partitions import dataset_partitions
 
 
@@ -39,4 +40,4 @@ def prepared_dataset(context: AssetExecutionContext, config: PreprocessConfig, r
     context.log.info(f"{context.partition_key}: {stats}")
     yield Output(prepared.items, "items", metadata={"n_items": stats["n_items"]})
     yield Output(prepared.interactions, "interactions", metadata={"n_interactions": stats["n_interactions"]})
-    yield Output(seqs, "user_sequences", metadata=stats)
+    yield Output(seqs, "user_sequences", metadata=readable(stats))

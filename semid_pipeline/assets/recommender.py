@@ -1,20 +1,20 @@
 """Stage 8: the TIGER-style generative recommender and its trie-constrained beam-search top-K lists."""
 
-from typing import Callable
-
 import numpy as np
 import pandas as pd
 from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, Config, Output, asset
 
-from semid_pipeline.core.recommendations import check_top_k, topk_frame
+from semid_pipeline.core.frames import item_column, item_values, sid_matrix, sid_version, split_inputs, split_top_k, tag_paths_for
+from semid_pipeline.core.recommendations import check_top_k
 from semid_pipeline.core.recommender.hierarchy import HierarchyInputs, build_level_tags
 from semid_pipeline.core.recommender.model import RecommenderParams
 from semid_pipeline.core.recommender.rl import GRPOParams, train_grpo
-from semid_pipeline.core.storage import table_path
 from semid_pipeline.core.recommender.train import TrainParams, recommend, train_recommender
 from semid_pipeline.core.recommender.trie import SIDTrie
+from semid_pipeline.core.recommender.vocab import level_sizes
+from semid_pipeline.core.storage import table_path
 from semid_pipeline.core.tokenizers.versioning import check_decodable, check_same_assignment, check_same_version, current_assignment_id
-from semid_pipeline.metadata import line_plot, md_table
+from semid_pipeline.metadata import curves, learning_curve, md_table, order_metric_columns, readable
 from semid_pipeline.partitions import dataset_partitions
 from semid_pipeline.resources import StorageResource, TextEncoderResource
 
@@ -30,7 +30,7 @@ class RecommenderConfig(Config, RecommenderParams, TrainParams):
     """Model size (``RecommenderParams``), optimisation (``TrainParams``), TIGER defaults, and ``rl``."""
 
     rl: GRPOConfig = GRPOConfig()
-    """GRPO stage (``rl.enabled``); the ``qarm`` reward reads the ``item_quality_scores`` table of the partition."""
+    """GRPO stage (``rl.enabled``); the ``qarm`` reward uses the ``item_quality_scores`` input (items without a score get 0)."""
 
 
 class RecommendConfig(Config):
@@ -41,43 +41,6 @@ class RecommendConfig(Config):
     """Users decoded together (all beams of all users of a batch run as one tensor program)."""
 
 
-def sid_matrix(semantic_ids: pd.DataFrame) -> np.ndarray:
-    return np.stack(semantic_ids.sort_values("item_idx")["sid"].to_numpy()).astype(np.int64)
-
-
-def sid_version(semantic_ids: pd.DataFrame):
-    """The tokenizer version of the SIDs (``semantic_ids.tokenizer_version``), None if not recorded."""
-    return str(semantic_ids["tokenizer_version"].iloc[0]) if "tokenizer_version" in semantic_ids and len(semantic_ids) else None
-
-
-def split_inputs(user_sequences: pd.DataFrame, split: str) -> tuple[list, np.ndarray]:
-    """Histories and targets of a split: validation reads ``train_items``, test also sees ``valid_item``."""
-    train = [np.asarray(t, dtype=np.int64) for t in user_sequences["train_items"]]
-    if split == "valid":
-        return train, user_sequences["valid_item"].to_numpy(np.int64)
-    valid = user_sequences["valid_item"].to_numpy(np.int64)
-    return [np.append(t, v) for t, v in zip(train, valid)], user_sequences["test_item"].to_numpy(np.int64)
-
-
-def split_top_k(
-    model: str, user_sequences: pd.DataFrame, item_ids: np.ndarray, rank: Callable[[list, np.ndarray], tuple]
-) -> tuple[pd.DataFrame, dict]:
-    """Validation and test top-K lists of one model in the shared recommendations schema.
-
-    ``rank(histories, user_idx) -> (items [U, K], scores [U, K])`` is called once per split with
-    that split's histories (``split_inputs``). Returns the long table and the item matrix per split.
-    """
-    user_idx = user_sequences["user_idx"].to_numpy(np.int64)
-    user_ids = user_sequences["user_id"].to_numpy()
-    frames, per_split = [], {}
-    for split in ("valid", "test"):
-        histories, _ = split_inputs(user_sequences, split)
-        items, scores = rank(histories, user_idx)
-        per_split[split] = items
-        frames.append(topk_frame(model, split, user_idx, user_ids, items, scores, item_ids))
-    return pd.concat(frames, ignore_index=True), per_split
-
-
 @asset(partitions_def=dataset_partitions, group_name="recommender", io_manager_key="model_io", pool="gpu")
 def generative_recommender(
     context: AssetExecutionContext,
@@ -85,8 +48,8 @@ def generative_recommender(
     semantic_ids: pd.DataFrame,
     user_sequences: pd.DataFrame,
     item_tags: pd.DataFrame,
+    item_quality_scores: pd.DataFrame,
     text_encoder: TextEncoderResource,
-    storage: StorageResource,
 ) -> Output:
     """Encoder-decoder over SID tokens, trained on every next-item target of each user's training
     history; the checkpoint kept is the one with the best validation Recall@10. With
@@ -96,10 +59,8 @@ def generative_recommender(
     model_params = RecommenderParams(**{k: getattr(config, k) for k in RecommenderParams.model_fields})
     train_params = TrainParams(**{k: getattr(config, k) for k in TrainParams.model_fields})
     valid_hist, valid_target = split_inputs(user_sequences, "valid")
-    sids = sid_matrix(semantic_ids)
-    level_sizes = tuple(int(m) + 1 for m in sids.max(axis=0))
-    tag_paths = item_tags.set_index("item_idx").reindex(semantic_ids.sort_values("item_idx")["item_idx"])["tag_path"]
-    level_tags = build_level_tags(sids, [list(t) if isinstance(t, (list, tuple, np.ndarray)) else [] for t in tag_paths], level_sizes)
+    sids, item_idx = sid_matrix(semantic_ids), item_column(semantic_ids, "item_idx")
+    level_tags = build_level_tags(sids, tag_paths_for(item_tags, item_idx), level_sizes(sids))
     hierarchy = HierarchyInputs(level_tags, text_encoder.get().encode)
     user_idx = user_sequences["user_idx"].to_numpy(np.int64)
     result = train_recommender(
@@ -108,11 +69,7 @@ def generative_recommender(
     rl_meta: dict = {}
     if config.rl.enabled:
         rl_params = GRPOParams(**{k: getattr(config.rl, k) for k in GRPOParams.model_fields})
-        quality = None
-        path = table_path(storage.data_dir, "item_quality_scores", context.partition_key)
-        if rl_params.reward == "qarm" and path.exists():
-            scores = pd.read_parquet(path).set_index("item_idx")["quality_score"]
-            quality = scores.reindex(semantic_ids.sort_values("item_idx")["item_idx"]).fillna(0.0).to_numpy(np.float32)
+        quality = item_values(item_quality_scores, "quality_score", item_idx) if rl_params.reward == "qarm" else None
         rl = train_grpo(result.model, sids, valid_hist, valid_target, user_idx, rl_params, quality, progress=context.log.info)
         rl_hist = pd.DataFrame([{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in rl.history])
         rl_meta = {
@@ -120,8 +77,8 @@ def generative_recommender(
             "rl_best_epoch": int(rl.best_epoch),
             "rl_best_valid_recall@10": float(rl.history[rl.best_epoch]["valid_recall@10"]),
             "rl_seconds_per_epoch": float(np.mean([h["train_seconds"] for h in rl.history[1:]])) if len(rl.history) > 1 else 0.0,
-            "rl_history": md_table(rl_hist),
-            "rl_curve": line_plot(rl.history, ["valid_recall@10", "valid_ndcg@10"], "GRPO validation per epoch"),
+            "rl_history": md_table(order_metric_columns(rl_hist)),
+            "rl_curve": curves(rl.history, {"validation": ["valid_recall@10", "valid_ndcg@10"]}, "GRPO validation per epoch"),
         }
         result.model = rl.model
     # saved in config.json by ModelIOManager; generative_recommendations checks both against the current SIDs
@@ -130,18 +87,18 @@ def generative_recommender(
     best = max(result.history, key=lambda h: h.get("valid_recall@10", -1.0)) if result.history else {}
     return Output(
         result.model,
-        metadata={
+        metadata=readable({
             "tokenizer_version": str(sid_version(semantic_ids)),
             "best_epoch": int(best.get("epoch", -1)),
             "best_valid_recall@10": float(best.get("valid_recall@10", 0.0)),
             "best_valid_ndcg@10": float(best.get("valid_ndcg@10", 0.0)),
             "epochs_run": len(result.history),
             "train_seconds": float(sum(h.get("seconds", 0.0) for h in result.history)),
-            "learning_curve": line_plot(result.history, ["loss", "valid_recall@10", "valid_ndcg@10"], "Recommender training"),
-            "history": md_table(hist),
+            "learning_curve": learning_curve(result.history, "Recommender training"),
+            "history": md_table(order_metric_columns(hist)),
             "embedding": model_params.embedding,
             **rl_meta,
-        },
+        }),
     )
 
 
@@ -177,10 +134,10 @@ def generative_recommendations(
         history = pd.read_parquet(history_path, columns=["assignment_id", "item_id", "sid_str"]) if history_path.exists() else None
         check_same_assignment(extra.get("assignment_id"), semantic_ids, history, "generative_recommender")
     sids = sid_matrix(semantic_ids)
-    check_decodable(sids, generative_recommender.vocab.level_sizes, semantic_ids.sort_values("item_idx")["item_id"].to_numpy())
+    item_ids = item_column(semantic_ids, "item_id")
+    check_decodable(sids, generative_recommender.vocab.level_sizes, item_ids)
     check_top_k(config.top_k, len(sids), beam_size=config.beam_size)
     trie = SIDTrie.from_sids(sids)
-    item_ids = semantic_ids.sort_values("item_idx")["item_id"].to_numpy()
     recs, per_split = split_top_k(
         "generative",
         user_sequences,
@@ -189,7 +146,7 @@ def generative_recommendations(
             generative_recommender, trie, histories, user_idx, config.beam_size, config.top_k, config.batch_size, progress=context.log.info
         ),
     )
-    yield Output(recs, metadata={"n_rows": len(recs), "beam_size": config.beam_size, "top_k": config.top_k})
+    yield Output(recs, metadata={"beam_size": config.beam_size, "top_k": config.top_k})
     test = per_split["test"]
     n_items = len(sids)
     distinct = (test.shape[1] == config.top_k) & (np.diff(np.sort(test, axis=1), axis=1) != 0).all(axis=1)

@@ -16,13 +16,14 @@ from dagster import AssetExecutionContext, Config, Output, asset
 from semid_pipeline.core.data.esci import LABELS, QUERY_COLUMNS
 from semid_pipeline.core.data.registry import DATASETS, load_queries
 from semid_pipeline.core.errors import InputError
+from semid_pipeline.core.frames import item_column, sid_matrix
 from semid_pipeline.core.params import check_limit
 from semid_pipeline.core.retrieval.bm25 import BM25Index, BM25Params
 from semid_pipeline.core.retrieval.data import build_task, product_texts
 from semid_pipeline.core.retrieval.dense import dense_retrieve
 from semid_pipeline.core.retrieval.metrics import RETRIEVAL_KS, recall_table
 from semid_pipeline.core.retrieval.query_model import GenerativeRetrieverParams, train_generative_retriever
-from semid_pipeline.metadata import line_plot, md_table
+from semid_pipeline.metadata import learning_curve, md_table, order_metric_columns, readable, round_sig
 from semid_pipeline.partitions import dataset_partitions
 from semid_pipeline.resources import DatasetsResource, TextEncoderResource
 
@@ -48,8 +49,7 @@ class RetrievalEvaluationConfig(RetrievalLabels, BM25Params):
 
 
 def _catalog(semantic_ids: pd.DataFrame) -> tuple[list[str], np.ndarray]:
-    s = semantic_ids.sort_values("item_idx")
-    return s["item_id"].astype(str).tolist(), np.stack(s["sid"].to_numpy()).astype(np.int64)
+    return [str(i) for i in item_column(semantic_ids, "item_id")], sid_matrix(semantic_ids)
 
 
 @asset(partitions_def=dataset_partitions, group_name="retrieval", io_manager_key="table_io")
@@ -96,15 +96,15 @@ def generative_retriever(
     hist = pd.DataFrame([{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in result.history])
     yield Output(
         result.retriever,
-        metadata={
+        metadata=readable({
             **task.stats,
             "best_epoch": int(result.best_epoch),
             "epochs_run": len(result.history),
             "train_seconds": float(sum(h.get("seconds", 0.0) for h in result.history)),
             "query_vocabulary": int(result.retriever.query_vocab.size),
-            "learning_curve": line_plot(result.history, ["loss", "valid_recall@10"], "Generative retriever training"),
-            "history": md_table(hist),
-        },
+            "learning_curve": learning_curve(result.history, "Generative retriever training"),
+            "history": md_table(order_metric_columns(hist)),
+        }),
     )
 
 
@@ -150,6 +150,6 @@ def retrieval_evaluation(
             "n_test_queries": len(task.test_texts),
             "n_catalog_items": len(item_ids),
             "recall_table": md_table(wide),
-            **{f"{m}_recall@{k}": float(v) for m, k, v in table[["model", "k", "value"]].itertuples(index=False)},
+            **{f"{m}_recall@{k}": round_sig(float(v)) for m, k, v in table[["model", "k", "value"]].itertuples(index=False)},
         },
     )

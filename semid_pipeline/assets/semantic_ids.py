@@ -6,14 +6,25 @@ import numpy as np
 import pandas as pd
 from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, Config, Output, asset
 
-from semid_pipeline.assets.tokenizer import embedding_matrix
+from semid_pipeline.core.frames import by_item, embedding_matrix
 from semid_pipeline.core.storage import read_table, table_path
 from semid_pipeline.core.tokenizers.assign import assign_frozen, assign_full, encode_catalog
 from semid_pipeline.core.tokenizers.collisions import codebook_stats, collision_rate
 from semid_pipeline.core.tokenizers.versioning import model_version
-from semid_pipeline.metadata import bar_plots, md_table
+from semid_pipeline.metadata import bar_plots, glossary, md_table, readable
 from semid_pipeline.partitions import dataset_partitions
 from semid_pipeline.resources import StorageResource
+
+
+SID_GLOSSARY = {
+    "collision_rate_before": "share of items whose tokenizer codes (level 1..L) are shared with another item, "
+    "every item encoded once by the final tokenizer (sid_tokenizer's last_epoch_collision_rate was measured "
+    "while the last training epoch still changed the weights, so it differs)",
+    "collision_rate_after": "the same share for the final SIDs, after the collision strategy: 0 when every SID is unique",
+    "sid_length": "tokens per SID: the L code levels, plus the appended de-duplication token with append_token",
+    "max_dedup_token": "largest appended token (size of the biggest collision group minus one; 0 with sinkhorn)",
+    "codebook_stats": "per level (numbered from 1): codes used, utilisation, perplexity, distinct prefixes",
+}
 
 
 class SemanticIdConfig(Config):
@@ -46,7 +57,7 @@ def semantic_ids(
 ):
     """Each catalog item's codes from the tokenizer, made unique by the collision strategy; in
     ``frozen`` mode items that already had a SID keep it. ``tokenizer_version`` names the tokenizer."""
-    emb = catalog_item_embeddings.sort_values("item_idx")
+    emb = by_item(catalog_item_embeddings)
     x = embedding_matrix(emb)
     codes, last_distances = encode_catalog(sid_tokenizer, x, config.batch_size, last_distances=config.collision_strategy != "append_token")
     version = model_version(sid_tokenizer)
@@ -73,9 +84,12 @@ def semantic_ids(
     context.log.info(f"collision rate before {rate_before:.4f}, after {rate_after:.4f}, max dedup {int(dedup.max(initial=0))}")
     yield Output(
         df,
-        metadata={
+        metadata=readable({
             "collision_rate_before": float(rate_before),
             "collision_rate_after": float(rate_after),
+            "collision_strategy": config.collision_strategy,
+            "sid_length": int(sids.shape[1]),
+            "n_levels": int(codes.shape[1]),
             "max_dedup_token": int(dedup.max(initial=0)),
             "tokenizer_version": version,
             "mode": config.mode if previous is not None else "full",
@@ -83,7 +97,8 @@ def semantic_ids(
             "n_kept": int((df["status"] == "kept").sum()),
             "codebook_stats": md_table(pd.DataFrame(stats)),
             "code_usage": bar_plots(usage, "Items per code, each level"),
-        },
+            "glossary": glossary(SID_GLOSSARY),
+        }),
     )
     complete = len(df) == len(ids) and set(df["item_id"]) == set(ids) and bool((sids >= 0).all())
     yield AssetCheckResult(check_name="every_item_has_sid", passed=bool(complete), metadata={"n_items": len(df)})

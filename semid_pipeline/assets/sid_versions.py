@@ -3,7 +3,7 @@
 One row per item per assignment (schema in ``core/tokenizers/versioning.py``), appended each time
 ``semantic_ids`` changes; the DuckDB view ``sid_versions`` answers "which SID did item X have under
 tokenizer version V". Diff two versions with
-``python -m semid_pipeline.core.tokenizers.versioning --dataset demo previous latest``.
+``python -m semid_pipeline.versions --dataset demo previous latest``.
 """
 
 import pandas as pd

@@ -8,7 +8,7 @@ from dagster import AssetExecutionContext, AssetIn, AssetOut, Config, Output, mu
 from semid_pipeline.core.data.registry import DATASETS
 from semid_pipeline.core.enrich.tags import TagParams, TagPool, make_classifier, tag_items
 from semid_pipeline.core.io_utils import read_any_table
-from semid_pipeline.metadata import llm_run_metadata, md_table
+from semid_pipeline.metadata import llm_run_metadata, md_table, readable
 from semid_pipeline.partitions import dataset_partitions
 from semid_pipeline.resources import LLMResource, StorageResource, TextEncoderResource
 
@@ -78,4 +78,4 @@ def hierarchical_tags(
     metadata["tag_source_counts"] = {str(k): int(v) for k, v in table["tag_source"].value_counts().items()}
     pool_frame = pool.to_frame()
     yield Output(pool_frame, "tag_pool", metadata={"tags_per_level": {str(k): int(v) for k, v in pool_frame["level"].value_counts().sort_index().items()}})
-    yield Output(table, "item_tags", metadata=metadata)
+    yield Output(table, "item_tags", metadata=readable(metadata))

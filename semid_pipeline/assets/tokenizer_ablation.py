@@ -1,7 +1,7 @@
 """Tokenizer ablation (HiD-VAE Tables 2/3 shape): the recommender trained on each tokenizer variant.
 
 Runs only when asked (the ``tokenizer_ablation`` job): for every variant in config it trains the
-tokenizer, assigns SIDs, trains and evaluates the recommender (``core/tokenizers/ablation.py``)
+tokenizer, assigns SIDs, trains and evaluates the recommender (``core/experiments/tokenizer_ablation.py``)
 and writes one table, one row per variant.
 """
 
@@ -11,15 +11,19 @@ import numpy as np
 import pandas as pd
 from dagster import AssetExecutionContext, Config, Output, asset
 
-from semid_pipeline.assets.tokenizer import TokenizerConfig, embedding_matrix, tag_paths_for
+from semid_pipeline.core.frames import by_item, embedding_matrix, tag_paths_for
 from semid_pipeline.core.recommender.model import RecommenderParams
 from semid_pipeline.core.recommender.train import TrainParams
-from semid_pipeline.core.tokenizers.ablation import AblationParams, run_tokenizer_ablation
+from semid_pipeline.core.experiments.tokenizer_ablation import AblationParams, run_tokenizer_ablation
 from semid_pipeline.core.tokenizers.base import TokenizerParams
 from semid_pipeline.core.tokenizers.variants import VARIANTS
 from semid_pipeline.metadata import md_table
 from semid_pipeline.partitions import dataset_partitions
 from semid_pipeline.resources import TextEncoderResource
+
+
+class AblationTokenizerConfig(Config, TokenizerParams):
+    """The base tokenizer every variant starts from (see ``TokenizerParams``)."""
 
 
 class AblationRecommenderConfig(Config, RecommenderParams, TrainParams):
@@ -34,7 +38,7 @@ class TokenizerAblationConfig(Config):
     beam_size: int = 20
     top_k: int = 10
     seed: int = 0
-    tokenizer: TokenizerConfig = TokenizerConfig()
+    tokenizer: AblationTokenizerConfig = AblationTokenizerConfig()
     """Base tokenizer settings; each variant's switches are applied on top."""
     recommender: AblationRecommenderConfig = AblationRecommenderConfig()
 
@@ -49,7 +53,7 @@ def tokenizer_ablation(
     text_encoder: TextEncoderResource,
 ) -> Output:
     """One row per tokenizer variant: collision rates, tag accuracy, Recall/NDCG@5/10 of the recommender."""
-    emb = item_text_embeddings.sort_values("item_idx")
+    emb = by_item(item_text_embeddings)
     x = embedding_matrix(emb)
     paths = tag_paths_for(item_tags, emb["item_idx"].to_numpy(np.int64))
     params = AblationParams(

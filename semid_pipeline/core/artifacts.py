@@ -176,7 +176,7 @@ def _verify(directory: Path, meta: Dict[str, Any], tensors: Mapping[str, torch.T
 
 
 def _import_known_kinds() -> None:
-    """Importing the model modules registers their kinds."""
+    """Importing the model modules registers their kinds (every ``@register_artifact`` module; tested)."""
     import importlib
 
     for mod in (
@@ -185,6 +185,8 @@ def _import_known_kinds() -> None:
         "semid_pipeline.core.tokenizers.base",
         "semid_pipeline.core.recommender.model",
         "semid_pipeline.core.baselines.sasrec",
+        "semid_pipeline.core.retrieval.query_model",
+        "semid_pipeline.core.enrich.fusion",
     ):
         try:
             importlib.import_module(mod)

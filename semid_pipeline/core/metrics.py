@@ -9,9 +9,13 @@ than ``k``); ``target`` is ``[U]``. Recall@k is 1 when the target is among the f
 
 from __future__ import annotations
 
-from typing import Dict, Iterable
+from typing import Dict, Iterable, List
 
 import numpy as np
+import pandas as pd
+
+from semid_pipeline.core.frames import split_inputs
+from semid_pipeline.core.recommendations import ranked_matrix
 
 
 def _hit_rank(ranked: np.ndarray, target: np.ndarray, k: int) -> np.ndarray:
@@ -44,3 +48,17 @@ def evaluate_topk(ranked: np.ndarray, target: np.ndarray, ks: Iterable[int] = (5
         out[f"recall@{k}"] = float(recall_at_k(ranked, target, k).mean()) if len(target) else 0.0
         out[f"ndcg@{k}"] = float(ndcg_at_k(ranked, target, k).mean()) if len(target) else 0.0
     return out
+
+
+def score_lists(recs: pd.DataFrame, user_sequences: pd.DataFrame, ks: List[int]) -> pd.DataFrame:
+    """Long metric table (model, split, metric, k, value, n_users) from exported top-K lists
+    (the recommendations schema), each split scored against its targets (``frames.split_inputs``)."""
+    user_idx = user_sequences["user_idx"].to_numpy(np.int64)
+    rows = []
+    for (model, split), group in recs.groupby(["model", "split"], sort=True):
+        _, target = split_inputs(user_sequences, split)
+        ranked = ranked_matrix(group, user_idx, max(ks))
+        for name, value in evaluate_topk(ranked, target, ks).items():
+            metric, k = name.split("@")
+            rows.append({"model": model, "split": split, "metric": metric, "k": int(k), "value": value, "n_users": len(user_idx)})
+    return pd.DataFrame(rows, columns=["model", "split", "metric", "k", "value", "n_users"])

@@ -23,8 +23,8 @@ class BestCheckpoint:
     lexicographically, e.g. ``(recall@10, ndcg@10)``) and counts validations without improvement.
     """
 
-    def __init__(self, patience: int):
-        self.patience = patience
+    def __init__(self, patience: Optional[int]):
+        self.patience = patience  # None: never stop early
         self.best: Tuple[float, ...] = (float("-inf"),)
         self.best_epoch = 0
         self.stale = 0
@@ -37,21 +37,13 @@ class BestCheckpoint:
             self._state = {name: t.detach().to("cpu", copy=True) for name, t in model.state_dict().items()}
             return False
         self.stale += 1
-        return self.stale >= self.patience
+        return self.patience is not None and self.stale >= self.patience
 
     def restore(self, model: nn.Module) -> nn.Module:
         """Loads the best weights (no-op if no validation ever ran) and returns the model in eval mode."""
         if self._state:
             model.load_state_dict(self._state)
         return model.eval()
-
-
-def epoch_message(prefix: str, epoch: int, record: Mapping[str, Any], best_epoch: Optional[int]) -> str:
-    """``"<prefix>epoch 3: loss 2.1, 640 samples/s, valid recall@10 0.05 ndcg@10 0.02 (best epoch 3)"``."""
-    msg = f"{prefix}epoch {epoch}: loss {record['loss']:.4f}, {record['samples_per_s']:.0f} samples/s"
-    if "valid_recall@10" in record:
-        msg += f", valid recall@10 {record['valid_recall@10']:.4f} ndcg@10 {record['valid_ndcg@10']:.4f}"
-    return msg + f" (best epoch {best_epoch})"
 
 
 def optimizer_step(
@@ -157,7 +149,8 @@ def lr_multiplier(
 @dataclass
 class FitResult:
     """``model``: the best checkpoint by validation (eval mode; the last weights when nothing validated).
-    ``history``: one dict per epoch: ``epoch, loss, samples_per_s, seconds, lr``, the trainer's own
+    ``history``: one dict per epoch: ``epoch, loss, samples_per_s, lr, train_seconds`` (without validation),
+    ``seconds`` (with it), the trainer's own
     extras, and ``valid_<metric>`` on epochs that validated. ``best_epoch`` / ``best``: the
     returned checkpoint's epoch and selection key. ``seconds``: the whole fit."""
 
@@ -181,6 +174,8 @@ def fit(
     optimizer: Optional[torch.optim.Optimizer] = None,
     on_epoch_end: Optional[Callable[[int, Dict[str, Any]], None]] = None,
     agree: Optional[Callable[[bool], bool]] = None,
+    train_mode: bool = True,
+    validate_first: bool = False,
 ) -> FitResult:
     """The training loop every trainer uses.
 
@@ -198,6 +193,10 @@ def fit(
         on_epoch_end: ``(epoch, record)`` after the epoch's validation; may add entries to ``record``.
         agree: for data-parallel ranks: turns a local stop flag (time budget spent) into one every
             rank agrees on (e.g. an all-reduce max); called once per batch when a budget is set.
+        train_mode: ``model.train()`` every epoch; ``False`` keeps the model in eval mode (no dropout,
+            e.g. RL fine-tuning that compares the policy with a frozen reference).
+        validate_first: also validate the initial weights, as epoch 0 (a history entry and a
+            checkpoint candidate: fine-tuning that hurts validation is rolled back).
     """
     device = next(model.parameters()).device
     report = Throttle(progress)
@@ -213,9 +212,18 @@ def fit(
     prefix = f"{name}: " if name else ""
     history: List[Dict[str, Any]] = []
     checkpoint = BestCheckpoint(params.patience)
+    if validate is not None and validate_first:
+        model.eval()
+        with torch.no_grad():
+            metrics = dict(validate(model))
+        record0: Dict[str, Any] = {"epoch": 0, **{f"valid_{k}": float(v) for k, v in metrics.items()}}
+        checkpoint.update(model, tuple(float(metrics[k]) for k in select_on), 0)
+        record0["seconds"] = time.monotonic() - started
+        history.append(record0)
+        report(fit_message(prefix, record0, select_on, 0), force=True)
     next_report = time.monotonic() + report.every_s
     for epoch in range(1, params.epochs + 1):
-        model.train()
+        model.train(train_mode)
         epoch_start = time.monotonic()
         loss_sum = torch.zeros((), device=device)
         n_batches = n_samples = 0
@@ -241,11 +249,13 @@ def fit(
         mean_loss = loss_sum.item() / max(n_batches, 1)
         if not math.isfinite(mean_loss):
             raise FloatingPointError(f"{prefix}epoch {epoch}: training loss is {mean_loss}; lower lr or enable grad_clip")
+        train_seconds = time.monotonic() - epoch_start
         record: Dict[str, Any] = {
             "epoch": epoch,
             "loss": mean_loss,
-            "samples_per_s": n_samples / max(time.monotonic() - epoch_start, 1e-9),
+            "samples_per_s": n_samples / max(train_seconds, 1e-9),
             "lr": schedule.get_last_lr()[0],
+            "train_seconds": train_seconds,
         }
         stop = out_of_time or epoch == params.epochs
         if validate is not None and (epoch % params.eval_every_epochs == 0 or stop):
@@ -276,8 +286,9 @@ def fit(
 
 def fit_message(prefix: str, record: Mapping[str, Any], select_on: Sequence[str], best_epoch: Optional[int]) -> str:
     """``"<prefix>epoch 3: loss 2.1, 640 samples/s, valid recall@10 0.0500 ndcg@10 0.0200 (best epoch 3)"``."""
-    msg = f"{prefix}epoch {record['epoch']}: loss {record['loss']:.4f}, {record['samples_per_s']:.0f} samples/s"
+    parts = [f"loss {record['loss']:.4f}, {record['samples_per_s']:.0f} samples/s"] if "loss" in record else []
     valid = [k for k in record if k.startswith("valid_")]
     if valid:
-        msg += ", valid " + " ".join(f"{k[6:]} {record[k]:.4f}" for k in valid)
+        parts.append("valid " + " ".join(f"{k[6:]} {record[k]:.4f}" for k in valid))
+    msg = f"{prefix}epoch {record['epoch']}: " + ", ".join(parts)
     return msg + (f" (best epoch {best_epoch})" if best_epoch is not None else "")

@@ -39,9 +39,7 @@ improvement, after ``epochs``, or when ``max_train_minutes`` is spent.
 """
 
 
-import contextlib
 import math
-import time
 from typing import Any, Dict, List, Literal, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -50,19 +48,17 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from semid_pipeline.core.params import StrictParams
-from semid_pipeline.core.training import BestCheckpoint, epoch_message, optimizer_step
 from semid_pipeline.core.artifacts import Artifact, register_artifact
-from semid_pipeline.core.device import autocast_dtype, configure_threads, resolve_device, seed_everything
 from semid_pipeline.core.metrics import ndcg_at_k, recall_at_k
 from semid_pipeline.core.progress import ProgressFn, Throttle
 from semid_pipeline.core.recommender.data import LengthBucketSampler, sorted_batches
+from semid_pipeline.core.training import OptimParams, fit, start_run
 
 EVAL_K = 10
 PAD = 0  # item-embedding row of padding; item i is row i + 1
 
 
-class SASRecParams(StrictParams):
+class SASRecParams(OptimParams):
     """Architecture, optimisation and model selection of SASRec-CE.
 
     The defaults are tuned on Amazon Beauty 5-core (leave-one-out, full ranking, selection on
@@ -78,24 +74,17 @@ class SASRecParams(StrictParams):
         0.3, ge=0, lt=1, description="Dropout on the input embeddings, the attention probabilities and every residual branch."
     )
     max_len: int = Field(50, ge=1, description="Most recent items the model reads (training rows hold max_len + 1 items).")
-    lr: float = Field(1e-3, gt=0, description="AdamW learning rate (constant).")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate (constant by default).")
+    lr_schedule: Literal["inverse_sqrt", "cosine", "constant"] = Field("constant", description="As OptimParams.lr_schedule.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup steps.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay on weight matrices and embeddings.")
-    grad_clip: float = Field(1.0, ge=0, description="Max global gradient norm (0 disables clipping).")
     batch_size: int = Field(128, ge=1, description="Users (training sequences) per batch.")
-    epochs: int = Field(200, ge=1, description="Maximum passes over the training users.")
-    eval_every_epochs: int = Field(1, ge=1, description="Validate every this many epochs.")
     patience: int = Field(5, ge=1, description="Stop after this many validations without a better select_metric.")
     select_metric: Literal["ndcg@10", "recall@10"] = Field(
         "ndcg@10", description="Validation metric that picks the checkpoint and drives early stopping (ties: the other one)."
     )
     eval_batch_size: int = Field(1024, ge=1, description="Users per full-ranking batch during validation.")
-    max_train_minutes: Optional[float] = Field(
-        None, gt=0, description="Wall-clock budget; training stops (after a final validation) when spent."
-    )
     mixed_precision: bool = Field(True, description="bf16 autocast on CUDA (CPU always trains in float32).")
-    seed: int = Field(0, description="Seeds initialisation, dropout and batch order.")
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
-    num_threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads (None: SEMID_NUM_THREADS or all cores).")
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -355,17 +344,6 @@ def _silent(message: str) -> None:
     """Progress sink for the per-epoch validation ranking (the epoch line already reports it)."""
 
 
-def _optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
-
-
-def _autocast(device: torch.device, mixed_precision: bool):
-    dtype = autocast_dtype(device, mixed_precision)
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-
-
 def train_sasrec(
     train_histories: Sequence[np.ndarray],
     valid_targets: np.ndarray,
@@ -387,13 +365,7 @@ def train_sasrec(
     valid_targets = np.asarray(valid_targets, dtype=np.int64)
     if len(valid_targets) != len(train_histories):
         raise ValueError(f"need one validation target per user: {len(valid_targets)} targets, {len(train_histories)} histories")
-    configure_threads(p.num_threads)
-    seed_everything(p.seed)
-    device = resolve_device(p.device)
-    report = Throttle(progress)
-    started = time.monotonic()
-    deadline = started + p.max_train_minutes * 60 if p.max_train_minutes is not None else math.inf
-
+    device = start_run(p)
     seqs = _Sequences(train_histories, n_items)
     trainable = np.flatnonzero(seqs.lengths >= 2)
     if len(trainable) == 0:
@@ -404,60 +376,27 @@ def train_sasrec(
     sampler = LengthBucketSampler(n_targets, p.batch_size, seed=p.seed)
 
     model = SASRec(n_items, p).to(device)
-    optimizer = _optimizer(model, p.lr, p.weight_decay)
-    report(
-        f"sasrec: {sum(q.numel() for q in model.parameters()):,} parameters, {len(trainable):,} sequences, "
-        f"{int(n_targets.sum()):,} targets, {len(sampler)} batches/epoch on {device}",
-        force=True,
-    )
+    if progress is not None:
+        progress(
+            f"sasrec: {sum(q.numel() for q in model.parameters()):,} parameters, {len(trainable):,} sequences, "
+            f"{int(n_targets.sum()):,} targets, {len(sampler)} batches/epoch on {device}"
+        )
+
+    def step(rows: np.ndarray) -> Tuple[torch.Tensor, int]:
+        x = _trim(inputs, rows, n_targets).to(device)
+        y = _trim(targets, rows, n_targets).to(device)
+        return model.loss(x, y), int(n_targets[rows].sum())
+
+    def validate(m: SASRec) -> Dict[str, float]:
+        ranked, _ = recommend_sasrec(m, train_histories, EVAL_K, p.eval_batch_size, progress=_silent)
+        return {
+            "recall@10": float(recall_at_k(ranked, valid_targets, EVAL_K).mean()),
+            "ndcg@10": float(ndcg_at_k(ranked, valid_targets, EVAL_K).mean()),
+        }
 
     other = "recall@10" if p.select_metric == "ndcg@10" else "ndcg@10"
-    history: List[Dict[str, Any]] = []
-    checkpoint = BestCheckpoint(p.patience)
-    next_report = time.monotonic() + report.every_s
-    for epoch in range(1, p.epochs + 1):
-        model.train()
-        epoch_start = time.monotonic()
-        loss_sum = torch.zeros((), device=device)
-        n_batches = n_samples = 0
-        out_of_time = False
-        for rows in sampler.epoch(epoch):
-            x = _trim(inputs, rows, n_targets).to(device)
-            y = _trim(targets, rows, n_targets).to(device)
-            with _autocast(device, p.mixed_precision):
-                loss = model.loss(x, y)
-            optimizer_step(loss, optimizer, model.parameters(), p.grad_clip)
-            loss_sum += loss.detach()
-            n_batches += 1
-            n_samples += int(n_targets[rows].sum())
-            now = time.monotonic()
-            if now >= next_report:  # the .item() sync only happens when a line is due
-                next_report = now + report.every_s
-                report(f"sasrec epoch {epoch} batch {n_batches}/{len(sampler)} loss {loss_sum.item() / n_batches:.4f}")
-            if now > deadline:
-                out_of_time = True
-                break
-        train_seconds = time.monotonic() - epoch_start
-        mean_loss = loss_sum.item() / max(n_batches, 1)
-        if not math.isfinite(mean_loss):
-            raise FloatingPointError(f"epoch {epoch}: training loss is {mean_loss}; lower lr or enable grad_clip")
-        record: Dict[str, Any] = {"epoch": epoch, "loss": mean_loss, "samples_per_s": n_samples / max(train_seconds, 1e-9)}
-        stop = out_of_time or epoch == p.epochs
-        if epoch % p.eval_every_epochs == 0 or stop:
-            ranked, _ = recommend_sasrec(model, train_histories, EVAL_K, p.eval_batch_size, progress=_silent)
-            metrics = {
-                "recall@10": float(recall_at_k(ranked, valid_targets, EVAL_K).mean()),
-                "ndcg@10": float(ndcg_at_k(ranked, valid_targets, EVAL_K).mean()),
-            }
-            record.update({f"valid_{name}": value for name, value in metrics.items()})
-            key = (metrics[p.select_metric], metrics[other])
-            stop = checkpoint.update(model, key, epoch) or stop
-        record["seconds"] = time.monotonic() - epoch_start
-        history.append(record)
-        report(epoch_message("sasrec ", epoch, record, checkpoint.best_epoch), force=True)
-        if stop:
-            break
-
-    checkpoint.restore(model)
-    report(f"sasrec: done in {time.monotonic() - started:.0f} s, best epoch {checkpoint.best_epoch} valid {p.select_metric} {checkpoint.best[0]:.4f}", force=True)
-    return SASRecResult(model=model, history=history, best_epoch=checkpoint.best_epoch)
+    result = fit(
+        model, sampler.epoch, step, p, validate=validate, select_on=(p.select_metric, other),
+        steps_per_epoch=len(sampler), progress=progress, name="sasrec",
+    )
+    return SASRecResult(model=result.model, history=result.history, best_epoch=result.best_epoch)

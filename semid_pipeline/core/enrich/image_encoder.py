@@ -91,11 +91,11 @@ def _load(params: ImageEncoderParams, device: str) -> Any:
             if params.backend == "efficientnet-lite0":
                 _MODELS[key] = _efficientnet(device)
             else:
-                from semid_pipeline.core.enrich.text_encoder import _load_model
+                from semid_pipeline.core.enrich.text_encoder import load_sentence_model
 
                 if not params.model:
                     raise ValueError("image backend 'sentence-transformers' needs `model`")
-                _MODELS[key] = _load_model(params.model, device)  # offline rules of the text encoder
+                _MODELS[key] = load_sentence_model(params.model, device)  # offline rules of the text encoder
         return _MODELS[key]
 
 

@@ -45,7 +45,7 @@ import pandas as pd
 from pydantic import Field
 
 from semid_pipeline.core.enrich.llm import LLMClient
-from semid_pipeline.core.enrich.text_encoder import TextEncoder
+from semid_pipeline.core.enrich.text_encoder import TextEncoder, unit_rows
 from semid_pipeline.core.errors import InputError
 from semid_pipeline.core.params import StrictParams
 from semid_pipeline.core.progress import ProgressFn, Throttle
@@ -413,14 +413,6 @@ def tagging_texts(items: pd.DataFrame, hide_true_tags: bool = True, max_chars: i
                 parts.append(f"{label}: {str(value).strip()}")
         texts.append(". ".join(parts)[:max_chars])
     return texts
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """A float32 copy of ``x`` with L2-normalised rows (faiss inner product = cosine)."""
-    x = np.ascontiguousarray(x, dtype=np.float32).copy()
-    if len(x):
-        faiss.normalize_L2(x)
-    return x
 
 
 def _groups(

@@ -16,6 +16,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Optional
 
+import faiss
 import numpy as np
 from pydantic import Field
 
@@ -56,7 +57,7 @@ def resolve_model_path(model: str) -> str:
     return model
 
 
-def _load_model(model: str, device: str) -> "SentenceTransformer":
+def load_sentence_model(model: str, device: str) -> "SentenceTransformer":
     """Returns the process-wide model for ``(model, device)``, loading it on first use.
 
     ``HF_HUB_OFFLINE`` and ``TRANSFORMERS_OFFLINE`` are set to 1 when unset (an explicit value set by
@@ -93,7 +94,7 @@ class TextEncoder:
     @property
     def model(self) -> "SentenceTransformer":
         """The underlying ``SentenceTransformer`` (loaded on first access)."""
-        return _load_model(self.params.model, self._device)
+        return load_sentence_model(self.params.model, self._device)
 
     @property
     def dim(self) -> int:
@@ -136,3 +137,11 @@ class TextEncoder:
             rate = done / max(time.monotonic() - start, 1e-9)
             report(f"text encoder: {done}/{n} texts embedded ({rate:.0f}/s)", force=done == n and n > chunk)
         return out
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """A float32 copy of ``x`` with L2-normalised rows (faiss inner product = cosine)."""
+    x = np.ascontiguousarray(x, dtype=np.float32).copy()
+    if len(x):
+        faiss.normalize_L2(x)
+    return x

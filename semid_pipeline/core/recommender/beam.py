@@ -74,13 +74,15 @@ TIGER width on this CPU.
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semid_pipeline.core.recommender.data import PAD_ITEM, SIDBatch
+from semid_pipeline.core.progress import ProgressFn, Throttle
+from semid_pipeline.core.recommender.data import PAD_ITEM, SIDBatch, build_inference_rows, sorted_batches
 from semid_pipeline.core.recommender.model import GenerativeRecommender
 from semid_pipeline.core.recommender.trie import SIDTrie
 from semid_pipeline.core.recommender.vocab import BOS
@@ -316,3 +318,51 @@ def _last_level(expand, scores: torch.Tensor, top_k: int) -> Tuple[torch.Tensor,
     found = candidates.flatten(1)
     top, flat = found.topk(min(top_k, found.shape[1]), dim=1)
     return top, torch.where(torch.isfinite(top), children.flatten(1).gather(1, flat).long(), -1)
+
+
+@torch.no_grad()
+def recommend(
+    model: GenerativeRecommender,
+    trie: SIDTrie,
+    histories: Sequence[np.ndarray],
+    user_ids: np.ndarray,
+    beam_size: int = 20,
+    top_k: int = 10,
+    batch_size: int = 512,
+    progress: Optional[ProgressFn] = None,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Top-``top_k`` items for every user by trie-constrained beam search.
+
+    Args:
+        model: trained recommender (switched to eval mode here); runs on its current device.
+        trie: catalogue trie (``SIDTrie.from_sids(sids, model.vocab.level_sizes)``), any device;
+            its SIDs also give the history items' tokens.
+        histories: per user, the chronological item indices the model may see (``train_items``
+            for validation, ``train_items + [valid_item]`` for test); the last
+            ``max_history_items`` are used.
+        user_ids: int ``[U]`` user indices (hashed into user tokens).
+        beam_size, top_k, batch_size: beams per user, items returned, users per batch.
+        progress: optional one-line progress callback (throttled to every ~10 s).
+
+    Returns:
+        ``(items int64 [U, top_k], scores float32 [U, top_k])`` in input order; ``-1`` / ``-inf``
+        pad lists when the catalogue has fewer than ``top_k`` items.
+    """
+    model.eval()
+    device = model.device
+    trie = trie.to(device)
+    vocab = model.vocab
+    rows = build_inference_rows(
+        histories, vocab.user_tokens(user_ids), vocab.item_tokens(trie.sids), model.params.max_history_items
+    )
+    items = np.full((rows.n_rows, top_k), -1, dtype=np.int64)
+    scores = np.full((rows.n_rows, top_k), -np.inf, dtype=np.float32)
+    report = Throttle(progress)
+    done = 0
+    for idx in sorted_batches(rows.enc_lengths, batch_size):
+        top_items, top_scores = constrained_beam_search(model, rows.batch(idx).to(device), trie, beam_size, top_k)
+        items[idx] = top_items.cpu().numpy()
+        scores[idx] = top_scores.cpu().numpy()
+        done += len(idx)
+        report(f"recommend: {done:,}/{rows.n_rows:,} users")
+    return items, scores

@@ -50,7 +50,8 @@ What a step does (the choices)
 * Randomness: the initial weights are the single-process ones (built from ``seed`` in the caller,
   or on every rank under torchrun; DDP also broadcasts rank 0's weights); dropout on rank ``r`` is
   seeded with ``(seed, r)`` so ranks draw different masks.
-* At the end the ranks compare checksums of their live weights and raise if they ever diverged.
+* After every epoch the ranks compare checksums of their live weights and raise if they ever diverged.
+* The loop itself is ``core.training.fit`` (the ``agree`` hook broadcasts rank 0's time-budget flag).
 """
 
 import datetime
@@ -58,7 +59,6 @@ import json
 import math
 import os
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -72,23 +72,20 @@ from torch.nn.parallel import DistributedDataParallel
 
 from semid_pipeline.core.artifacts import load_artifact, save_artifact
 from semid_pipeline.core.device import configure_threads, seed_everything
-from semid_pipeline.core.progress import ProgressFn, Throttle
+from semid_pipeline.core.progress import ProgressFn
 from semid_pipeline.core.recommender.data import SIDBatch
 from semid_pipeline.core.recommender.hierarchy import HierarchyInputs
 from semid_pipeline.core.recommender.model import GenerativeRecommender, RecommenderParams
-from semid_pipeline.core.recommender.train import (
-    TrainParams,
+from semid_pipeline.core.recommender.prepare import (
+    SELECT_ON,
     TrainingData,
+    TrainParams,
     TrainResult,
-    _autocast,
-    _inverse_sqrt,
-    _optimizer,
     build_model,
-    epoch_record,
     prepare_training_data,
     validate,
 )
-from semid_pipeline.core.training import BestCheckpoint, epoch_message, optimizer_step
+from semid_pipeline.core.training import fit
 
 
 @dataclass(frozen=True)
@@ -266,12 +263,9 @@ def _train_rank(
 ) -> TrainResult:
     """The training loop of one rank (the process group is initialised, ``model`` is on ``device``).
 
-    Mirrors the single-process loop of ``train_recommender`` step for step; the differences are the
-    sharded, token-weighted steps, the all-reduced epoch loss, and rank 0's validation broadcast."""
+    The same ``fit`` as the single-process trainer; what differs is the sharded, token-weighted steps,
+    the all-reduced epoch loss, rank 0's validation broadcast and rank 0's clock for the time budget."""
     world, main = dp.world_size, rank == 0
-    report = Throttle(progress if main else None)
-    started = time.monotonic()
-    deadline = started + tp.max_train_minutes * 60 if tp.max_train_minutes is not None else math.inf
     rows, sampler = data.rows, data.sampler
     tokens, targets = rows.dec_lengths, rows.n_targets
 
@@ -279,71 +273,49 @@ def _train_rank(
     ddp = DistributedDataParallel(
         _LossModule(model), device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False
     )
-    optimizer = _optimizer(model, tp.lr, tp.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _inverse_sqrt(tp.warmup_steps))
     steps_per_epoch = math.ceil(len(sampler) / world)
-    report(
-        f"recommender (data-parallel, {world} ranks, {dp.backend}): {sum(p.numel() for p in model.parameters()):,} parameters, "
-        f"{rows.n_rows:,} {tp.mode} rows, {int(targets.sum()):,} targets, {steps_per_epoch} steps/epoch of "
-        f"{world} x {tp.batch_size} rows on {dp.device_type}",
-        force=True,
-    )
+    if main and progress is not None:
+        progress(
+            f"recommender (data-parallel, {world} ranks, {dp.backend}): {sum(p.numel() for p in model.parameters()):,} "
+            f"parameters, {rows.n_rows:,} {tp.mode} rows, {int(targets.sum()):,} targets, {steps_per_epoch} steps/epoch of "
+            f"{world} x {tp.batch_size} rows on {dp.device_type}"
+        )
+    # this rank's share of the epoch's loss: its weighted step losses / N, summed over the ranks = the steps' mean token loss
+    epoch_sum = {"loss": torch.zeros((), device=device, dtype=torch.float64), "steps": 0}
 
-    history: List[Dict[str, Any]] = []
-    checkpoint = BestCheckpoint(tp.patience)
-    next_report = time.monotonic() + report.every_s
-    for epoch in range(1, tp.epochs + 1):
-        model.train()
-        epoch_start = time.monotonic()
-        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-        own_loss_sum = torch.zeros((), device=device)  # this rank's batch losses, for progress lines only
-        n_steps = n_samples = 0
-        out_of_time = False
-        for step in rank_steps(sampler.epoch(epoch), rank, world, tokens, targets):
-            b = rows.batch(step.rows).to(device)
-            with _autocast(device, tp.mixed_precision):
-                batch_loss = ddp(b.enc_tokens, b.enc_item, b.dec_tokens, b.dec_labels, b.dec_target, tp.label_smoothing)
-                loss = batch_loss * step.weight
-            optimizer_step(loss, optimizer, model.parameters(), tp.grad_clip, schedule)  # DDP averages the gradients over the ranks
-            loss_sum += loss.detach().double() / world  # summed over ranks: the step's mean token loss
-            own_loss_sum += batch_loss.detach()
-            n_steps += 1
-            n_samples += step.n_targets
-            now = time.monotonic()
-            if main and now >= next_report:
-                next_report = now + report.every_s
-                report(f"epoch {epoch} step {n_steps}/{steps_per_epoch} rank 0 loss {own_loss_sum.item() / n_steps:.4f}")
-            if math.isfinite(deadline):
-                out_of_time = bool(_broadcast([float(now > deadline)], device)[0])
-                if out_of_time:
-                    break
-        dist.all_reduce(loss_sum)
-        record = epoch_record(epoch, loss_sum.item() / max(n_steps, 1), n_samples, time.monotonic() - epoch_start, schedule.get_last_lr()[0])
-        stop = out_of_time or epoch == tp.epochs
-        if epoch % tp.eval_every_epochs == 0 or stop:
-            recall = ndcg = decision = 0.0
-            if main:
-                recall, ndcg = validate(model, data, tp, progress)
-                decision = float(checkpoint.update(model, (recall, ndcg), epoch) or stop)
-            recall, ndcg, decision = _broadcast([recall, ndcg, decision], device)  # the other ranks wait here for rank 0
-            if not main:  # the same key keeps the same (identical) weights as rank 0's checkpoint
-                checkpoint.update(model, (recall, ndcg), epoch)
-            record.update({"valid_recall@10": recall, "valid_ndcg@10": ndcg})
-            stop = bool(decision)  # rank 0 decides
-        record["seconds"] = time.monotonic() - epoch_start
-        history.append(record)
-        report(epoch_message("", epoch, record, checkpoint.best_epoch), force=True)
-        if stop:
-            break
+    def step(s: RankStep):
+        b = rows.batch(s.rows).to(device)
+        loss = ddp(b.enc_tokens, b.enc_item, b.dec_tokens, b.dec_labels, b.dec_target, tp.label_smoothing) * s.weight
+        epoch_sum["loss"] += loss.detach().double() / world  # DDP averages the gradients over the ranks
+        epoch_sum["steps"] += 1
+        return loss, s.n_targets
 
-    _check_replicas(model, device)
-    checkpoint.restore(model)
-    report(
-        f"recommender: done in {time.monotonic() - started:.0f} s on {world} ranks, best epoch {checkpoint.best_epoch} "
-        f"recall@10 {checkpoint.best[0]:.4f}",
-        force=True,
+    def validate_on_rank0(m: nn.Module) -> Dict[str, float]:
+        values = list(validate(m, data, tp, progress)) if main else [0.0] * len(SELECT_ON)
+        return dict(zip(SELECT_ON, _broadcast(values, device)))  # the other ranks wait here for rank 0
+
+    def end_epoch(epoch: int, record: Dict[str, Any]) -> None:
+        """The epoch's mean token loss over all ranks (fit's own mean is this rank's share); replicas still equal."""
+        total = epoch_sum["loss"]
+        dist.all_reduce(total)
+        record["loss"] = total.item() / max(epoch_sum["steps"], 1)
+        epoch_sum.update(loss=torch.zeros((), device=device, dtype=torch.float64), steps=0)
+        _check_replicas(model, device)
+
+    result = fit(
+        model,
+        lambda epoch: rank_steps(sampler.epoch(epoch), rank, world, tokens, targets),
+        step,
+        tp,
+        validate=validate_on_rank0,
+        select_on=SELECT_ON,
+        steps_per_epoch=steps_per_epoch,
+        progress=progress if main else None,
+        name="recommender",
+        on_epoch_end=end_epoch,
+        agree=lambda out_of_time: bool(_broadcast([float(out_of_time)], device)[0]),  # rank 0's clock decides
     )
-    return TrainResult(model=model, history=history, best_epoch=checkpoint.best_epoch)
+    return TrainResult(model=result.model, history=result.history, best_epoch=result.best_epoch)
 
 
 def _rank_threads(tp: TrainParams, local_world_size: int) -> int:

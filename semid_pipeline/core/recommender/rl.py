@@ -40,8 +40,6 @@ RL that hurts validation is rolled back (and reported per epoch).
 from __future__ import annotations
 
 import copy
-import math
-import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 
@@ -50,26 +48,30 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from semid_pipeline.core.device import configure_threads, resolve_device, seed_everything
 from semid_pipeline.core.metrics import ndcg_at_k, recall_at_k
-from semid_pipeline.core.params import StrictParams
-from semid_pipeline.core.progress import ProgressFn, Throttle
+from semid_pipeline.core.progress import ProgressFn
+from semid_pipeline.core.recommender.beam import recommend
 from semid_pipeline.core.recommender.data import build_inference_rows
 from semid_pipeline.core.recommender.model import GenerativeRecommender
-from semid_pipeline.core.recommender.train import EVAL_K, _autocast, recommend
+from semid_pipeline.core.recommender.prepare import EVAL_K, SELECT_ON
 from semid_pipeline.core.recommender.trie import SIDTrie
 from semid_pipeline.core.recommender.vocab import BOS
-from semid_pipeline.core.training import BestCheckpoint, optimizer_step
+from semid_pipeline.core.training import OptimParams, autocast, fit, start_run
 
 RewardVariant = Literal["standard", "prefix", "uniform_bonus", "random_labels", "qarm"]
 
 
-class GRPOParams(StrictParams):
-    """GRPO stage settings; defaults follow DeepInterestGR Sec. IV (2 epochs, KL 0.001) where given."""
+class GRPOParams(OptimParams):
+    """GRPO stage settings; defaults follow DeepInterestGR Sec. IV (2 epochs, KL 0.001) where given.
+    Validated every epoch by default; ``patience`` None never stops early (a worse policy is rolled back)."""
 
     group_size: int = Field(16, ge=2, description="SIDs sampled per user history (G).")
     batch_size: int = Field(64, ge=1, description="User histories per GRPO step (each with G samples).")
-    lr: float = Field(1e-4, gt=0, description="AdamW learning rate of the RL stage (constant).")
+    lr: float = Field(1e-4, gt=0, description="AdamW learning rate of the RL stage (constant by default).")
+    lr_schedule: Literal["inverse_sqrt", "cosine", "constant"] = Field("constant", description="As OptimParams.lr_schedule.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup steps.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (none by default).")
+    patience: Optional[int] = Field(None, ge=1, description="Stop after this many validations without improvement (None: never).")
     epochs: int = Field(2, ge=1, description="Passes over the RL queries (DeepInterestGR: 2).")
     kl_beta: float = Field(0.001, ge=0, description="Weight of the KL penalty to the supervised reference policy.")
     clip_eps: float = Field(0.2, ge=0, description="PPO clip range of the probability ratio.")
@@ -82,16 +84,14 @@ class GRPOParams(StrictParams):
     quality_weight: float = Field(0.5, ge=0, description="lambda: weight of the exact-match-gated quality bonus.")
     adv_eps: float = Field(1e-4, gt=0, description="eps of the group normalisation (reward std + eps).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the group samples.")
-    grad_clip: float = Field(1.0, ge=0, description="Max global gradient norm (0 disables).")
     max_queries_per_epoch: Optional[int] = Field(None, ge=1, description="Seeded sample of users per epoch (None: all).")
-    max_minutes: Optional[float] = Field(None, gt=0, description="Wall-clock budget; stops after a final validation.")
+    max_minutes: Optional[float] = Field(
+        None, gt=0, description="Wall-clock budget; stops after a final validation (the older name of max_train_minutes; either works)."
+    )
     eval_max_users: Optional[int] = Field(None, ge=1, description="Validate on a fixed seeded sample of users (None: all).")
     eval_beam_size: int = Field(20, ge=10, description="Beam size of the validation beam search.")
     eval_batch_size: int = Field(512, ge=1, description="Users per validation beam-search batch.")
-    mixed_precision: Literal["auto", "bf16", "off"] = Field("auto", description="As TrainParams.mixed_precision.")
     seed: int = Field(0, description="Seeds sampling, query order and random labels.")
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
-    num_threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads (None: SEMID_NUM_THREADS or all cores).")
 
 
 # ------------------------------------------------------------------------------------- rewards
@@ -232,16 +232,11 @@ def grpo_loss(
 
 
 # ----------------------------------------------------------------------------------- training
-def _message(record: Dict[str, Any], best_epoch: int) -> str:
-    msg = f"grpo epoch {record['epoch']}:"
-    if "reward" in record:
-        msg += f" reward {record['reward']:.4f}, exact {record['exact_rate']:.4f}, kl {record['kl']:.5f}, {record['queries_per_s']:.0f} queries/s,"
-    return msg + f" valid recall@10 {record['valid_recall@10']:.4f} ndcg@10 {record['valid_ndcg@10']:.4f} (best epoch {best_epoch})"
-
 @dataclass
 class GRPOResult:
     """``model``: best policy by validation (epoch 0 = the supervised model). ``history``: one dict per
-    epoch (``epoch, reward, exact_rate, kl, loss, seconds, queries_per_s, valid_recall@10, valid_ndcg@10``)."""
+    epoch (``epoch, reward, exact_rate, kl, loss, train_seconds, seconds, queries, queries_per_s, valid_recall@10,
+    valid_ndcg@10``; epoch 0 has the validation and ``seconds`` only)."""
 
     model: GenerativeRecommender
     history: List[Dict[str, Any]]
@@ -271,15 +266,10 @@ def train_grpo(
         quality_scores: float ``[N]`` in [0, 1] per item, required by the ``qarm`` variant.
     """
     p = params
-    configure_threads(p.num_threads)
-    seed_everything(p.seed)
-    device = resolve_device(p.device)
+    device = start_run(p)
     sids = np.asarray(sids, dtype=np.int64)
     n_items = sids.shape[0]
     q = item_quality(p, n_items, quality_scores)
-    report = Throttle(progress)
-    started = time.monotonic()
-    deadline = started + p.max_minutes * 60 if p.max_minutes is not None else math.inf
 
     policy = copy.deepcopy(model).to(device).eval()
     reference = copy.deepcopy(model).to(device).eval()
@@ -305,74 +295,65 @@ def train_grpo(
     eval_hist = [np.asarray(train_histories[u], dtype=np.int64) for u in eval_users]
     eval_targets = np.asarray(valid_targets, dtype=np.int64)[eval_users]
 
-    def validate(record: Dict[str, Any]) -> None:
-        ranked, _ = recommend(policy, trie, eval_hist, user_ids[eval_users], p.eval_beam_size, EVAL_K, p.eval_batch_size)
-        record["valid_recall@10"] = float(recall_at_k(ranked, eval_targets, EVAL_K).mean())
-        record["valid_ndcg@10"] = float(ndcg_at_k(ranked, eval_targets, EVAL_K).mean())
+    def validate(m: GenerativeRecommender) -> Dict[str, float]:
+        ranked, _ = recommend(m, trie, eval_hist, user_ids[eval_users], p.eval_beam_size, EVAL_K, p.eval_batch_size)
+        return {"recall@10": float(recall_at_k(ranked, eval_targets, EVAL_K).mean()), "ndcg@10": float(ndcg_at_k(ranked, eval_targets, EVAL_K).mean())}
 
-    checkpoint = BestCheckpoint(patience=p.epochs + 1)
-    history: List[Dict[str, Any]] = []
-    start_record: Dict[str, Any] = {"epoch": 0}
-    t0 = time.monotonic()
-    validate(start_record)
-    start_record["seconds"] = time.monotonic() - t0
-    checkpoint.update(policy, (start_record["valid_recall@10"], start_record["valid_ndcg@10"]), 0)
-    history.append(start_record)
-    report(_message(start_record, 0), force=True)
-
-    trainable = [t for t in policy.parameters() if t.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=p.lr, weight_decay=0.0)
     generator = torch.Generator(device=device).manual_seed(p.seed)
     rng = np.random.default_rng(p.seed)
     tq_sids = torch.from_numpy(sids).to(device)
-    for epoch in range(1, p.epochs + 1):
-        epoch_start = time.monotonic()
+    sums: Dict[str, float] = {}
+
+    def epoch_batches(epoch: int):
+        """Samples a group per query with the current policy, then yields it ``updates_per_batch`` times."""
         order = rng.permutation(len(queries))
         if p.max_queries_per_epoch is not None:
             order = order[: p.max_queries_per_epoch]
-        sums = {"reward": 0.0, "exact_rate": 0.0, "kl": 0.0, "loss": 0.0}
-        n_steps = n_queries = 0
-        out_of_time = False
+        sums.update(reward=0.0, exact_rate=0.0, kl=0.0, loss=0.0, steps=0, queries=0)
         for lo in range(0, len(order), p.batch_size):
             idx = order[lo : lo + p.batch_size]
             batch = rows.batch(idx).to(device)
             target_items = torch.from_numpy(query_target[idx]).to(device)
-            with torch.no_grad(), _autocast(device, p.mixed_precision):
+            with torch.no_grad(), autocast(device, p.mixed_precision):
                 samples = sample_sids(policy, batch.enc_tokens, batch.enc_item, trie, p.group_size, p.temperature, generator)
                 rewards = compute_rewards(samples.codes, samples.items, tq_sids[target_items], target_items, p, quality)
                 advantages = group_advantages(rewards, p.adv_eps)
                 old = sequence_log_probs(policy, batch.enc_tokens, batch.enc_item, samples)
                 ref = sequence_log_probs(reference, batch.enc_tokens, batch.enc_item, samples)
-            for _ in range(p.updates_per_batch):
-                with _autocast(device, p.mixed_precision):
-                    log_probs = sequence_log_probs(policy, batch.enc_tokens, batch.enc_item, samples)
-                    loss, _, kl = grpo_loss(log_probs, old, ref, advantages, p.clip_eps, p.kl_beta)
-                optimizer_step(loss, optimizer, trainable, p.grad_clip)
-            sums["reward"] += float(rewards.mean())
-            sums["exact_rate"] += float((samples.items == target_items[:, None]).float().mean())
-            sums["kl"] += float(kl.detach())
-            sums["loss"] += float(loss.detach())
-            n_steps += 1
-            n_queries += len(idx)
-            report(f"grpo epoch {epoch}: {n_queries:,}/{len(order):,} queries, reward {sums['reward'] / n_steps:.4f}")
-            if time.monotonic() > deadline:
-                out_of_time = True
-                break
-        train_seconds = time.monotonic() - epoch_start
-        record: Dict[str, Any] = {"epoch": epoch, **{k: v / max(n_steps, 1) for k, v in sums.items()}}
-        record["train_seconds"] = train_seconds
-        record["queries_per_s"] = n_queries / max(train_seconds, 1e-9)
-        record["queries"] = n_queries
-        if not math.isfinite(record["loss"]):
-            raise FloatingPointError(f"grpo epoch {epoch}: loss is {record['loss']}; lower lr")
-        validate(record)
-        checkpoint.update(policy, (record["valid_recall@10"], record["valid_ndcg@10"]), epoch)
-        record["seconds"] = time.monotonic() - epoch_start
-        history.append(record)
-        report(_message(record, checkpoint.best_epoch), force=True)
-        if out_of_time:
-            break
+            stats = {"reward": float(rewards.mean()), "exact_rate": float((samples.items == target_items[:, None]).float().mean())}
+            for update in range(p.updates_per_batch):
+                yield batch, samples, old, ref, advantages, stats if update == p.updates_per_batch - 1 else None
 
-    checkpoint.restore(policy)
-    report(f"grpo: done in {time.monotonic() - started:.0f} s, best epoch {checkpoint.best_epoch}", force=True)
-    return GRPOResult(model=policy, history=history, best_epoch=checkpoint.best_epoch)
+    def step(item) -> Tuple[torch.Tensor, int]:
+        batch, samples, old, ref, advantages, stats = item
+        log_probs = sequence_log_probs(policy, batch.enc_tokens, batch.enc_item, samples)
+        loss, _, kl = grpo_loss(log_probs, old, ref, advantages, p.clip_eps, p.kl_beta)
+        if stats is None:
+            return loss, 0
+        # the epoch's statistics count each sampled batch once, with its last update
+        for k, v in {**stats, "kl": float(kl.detach()), "loss": float(loss.detach()), "steps": 1, "queries": len(batch.enc_tokens)}.items():
+            sums[k] += v
+        return loss, len(batch.enc_tokens)
+
+    def end_epoch(epoch: int, record: Dict[str, Any]) -> None:
+        n = max(sums["steps"], 1)
+        record.update({k: sums[k] / n for k in ("reward", "exact_rate", "kl", "loss")})
+        record.update(queries=sums["queries"], queries_per_s=record["samples_per_s"])
+
+    if progress is not None:
+        progress(f"grpo: {len(queries):,} queries, group {p.group_size}, reward {p.reward} on {device}")
+    budget = p.max_train_minutes if p.max_train_minutes is not None else p.max_minutes
+    result = fit(
+        policy,
+        epoch_batches,
+        step,
+        p.model_copy(update={"max_train_minutes": budget}),
+        validate=validate,
+        select_on=SELECT_ON,
+        progress=progress,
+        name="grpo",
+        on_epoch_end=end_epoch,
+        train_mode=False,  # dropout off: policy and reference are the same deterministic network
+        validate_first=True,  # epoch 0 = the supervised model
+    )
+    return GRPOResult(model=result.model, history=result.history, best_epoch=result.best_epoch)

@@ -19,6 +19,8 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
+from semid_pipeline.core.recommender.vocab import level_sizes as sid_level_sizes
+
 
 @dataclass
 class SIDTrie:
@@ -49,7 +51,7 @@ class SIDTrie:
         if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
             raise ValueError(f"sids must be a non-empty (items, levels) array, got shape {arr.shape}")
         n, depth = arr.shape
-        sizes = tuple(int(s) for s in (level_sizes if level_sizes is not None else arr.max(axis=0) + 1))
+        sizes = tuple(int(s) for s in level_sizes) if level_sizes is not None else sid_level_sizes(arr)
         if len(sizes) != depth:
             raise ValueError(f"level_sizes has {len(sizes)} entries but sids have {depth} levels")
         if arr.min() < 0 or (arr >= np.asarray(sizes)).any():

@@ -31,6 +31,10 @@ TYPE_USER = 2
 TYPE_LEVEL0 = 3
 
 
+def level_sizes(sids: np.ndarray) -> Tuple[int, ...]:
+    """Codes per SID level as ``sids`` ``(N, D)`` use them: ``max code + 1`` per column."""
+    return tuple(int(m) + 1 for m in np.asarray(sids).max(axis=0))
+
 @dataclass(frozen=True)
 class SIDVocab:
     """Vocabulary for SIDs with ``D = len(level_sizes)`` levels plus hashed user tokens.
@@ -60,7 +64,7 @@ class SIDVocab:
             raise ValueError(f"sids must be a non-empty (items, levels) array, got shape {arr.shape}")
         if arr.min() < 0:
             raise ValueError("sids must be non-negative codes")
-        return cls(tuple(int(m) + 1 for m in arr.max(axis=0)), n_user_buckets)
+        return cls(level_sizes(arr), n_user_buckets)
 
     @property
     def n_levels(self) -> int:

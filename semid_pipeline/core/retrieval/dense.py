@@ -13,8 +13,7 @@ from typing import Optional, Sequence, Tuple
 import faiss
 import numpy as np
 
-from semid_pipeline.core.enrich.tags import unit_rows
-from semid_pipeline.core.enrich.text_encoder import TextEncoder
+from semid_pipeline.core.enrich.text_encoder import TextEncoder, unit_rows
 from semid_pipeline.core.progress import ProgressFn
 
 

@@ -23,30 +23,26 @@ pairs for ``epochs``.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from pydantic import Field
 
 from semid_pipeline.core.artifacts import Artifact, register_artifact
-from semid_pipeline.core.device import configure_threads, resolve_device, seed_everything
-from semid_pipeline.core.params import StrictParams
 from semid_pipeline.core.progress import ProgressFn, Throttle
 from semid_pipeline.core.recommender.beam import constrained_beam_search
 from semid_pipeline.core.recommender.data import PAD_ITEM, SIDBatch
 from semid_pipeline.core.recommender.model import GenerativeRecommender, RecommenderParams
-from semid_pipeline.core.recommender.train import _inverse_sqrt, _optimizer
 from semid_pipeline.core.recommender.trie import SIDTrie
 from semid_pipeline.core.recommender.vocab import BOS, PAD, SIDVocab
 from semid_pipeline.core.retrieval.data import QueryVocab, RetrievalTask
 from semid_pipeline.core.retrieval.metrics import recall_per_query
-from semid_pipeline.core.training import BestCheckpoint, optimizer_step
+from semid_pipeline.core.training import OptimParams, fit, start_run
 
 
-class GenerativeRetrieverParams(StrictParams):
+class GenerativeRetrieverParams(OptimParams):
     """Architecture, optimisation and decoding of the query-to-SID model."""
 
     d_model: int = Field(128, ge=1, description="Model width.")
@@ -60,21 +56,16 @@ class GenerativeRetrieverParams(StrictParams):
     min_token_count: int = Field(1, ge=1, description="Wordpieces seen fewer times in training queries map to unknown.")
     epochs: int = Field(50, ge=1, description="Maximum passes over the training pairs.")
     batch_size: int = Field(256, ge=1, description="(query, product) pairs per batch.")
-    lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate.")
     warmup_steps: int = Field(200, ge=0, description="Linear warmup steps, then inverse-sqrt decay.")
-    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing of the token cross-entropy.")
-    grad_clip: float = Field(1.0, ge=0, description="Max gradient norm (0: off).")
     valid_fraction: float = Field(0.1, ge=0, lt=1, description="Training queries held out for checkpoint selection (0: none).")
-    eval_every_epochs: int = Field(1, ge=1, description="Validate every this many epochs.")
     patience: int = Field(5, ge=1, description="Validations without a better Recall@10 before stopping.")
+    mixed_precision: Literal["auto", "bf16", "off"] = Field("off", description="As OptimParams.mixed_precision (float32 by default).")
     eval_beam_size: int = Field(20, ge=10, description="Beam size during validation.")
     beam_size: int = Field(100, ge=1, description="Beam size at retrieval (CAT-ID2: top 100).")
     top_k: int = Field(100, ge=1, description="Products returned per query.")
     inference_batch_size: int = Field(256, ge=1, description="Queries per beam-search batch.")
     seed: int = Field(0, description="Seeds initialisation, dropout, batch order and the validation split.")
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
-    num_threads: Optional[int] = Field(None, ge=1, description="torch threads (None: SEMID_NUM_THREADS or all cores).")
 
 
 @register_artifact
@@ -179,11 +170,7 @@ def train_generative_retriever(task: RetrievalTask, sids: np.ndarray, params: Ge
                                progress: Optional[ProgressFn] = None) -> RetrieverTrainResult:
     """Trains the query-to-SID model on ``task``'s training pairs; ``sids`` int ``[N, D]`` unique per catalog item."""
     p = params
-    configure_threads(p.num_threads)
-    seed_everything(p.seed)
-    device = resolve_device(p.device)
-    report = Throttle(progress)
-    started = time.monotonic()
+    device = start_run(p)
 
     keep, valid_texts, valid_relevant = _split_validation(task, p.valid_fraction, p.seed)
     qvocab = QueryVocab.fit([task.train_texts[q] for q in np.unique(task.train_query[keep])], p.max_query_tokens, p.min_token_count)
@@ -199,45 +186,38 @@ def train_generative_retriever(task: RetrievalTask, sids: np.ndarray, params: Ge
     trie = SIDTrie.from_sids(sids, vocab.level_sizes).to(device)
     item_tokens = vocab.item_tokens(sids)
     pair_query, pair_item = task.train_query[keep], task.train_item[keep]
-    optimizer = _optimizer(model, p.lr, p.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _inverse_sqrt(p.warmup_steps))
     rng = np.random.default_rng([p.seed, 0x7B])
-    report(f"generative retriever: {sum(x.numel() for x in model.parameters()):,} parameters, {len(pair_query):,} pairs, "
-           f"{qvocab.size:,} query tokens, {len(valid_texts)} validation queries on {device}", force=True)
+    if progress is not None:
+        progress(f"generative retriever: {sum(x.numel() for x in model.parameters()):,} parameters, {len(pair_query):,} pairs, "
+                 f"{qvocab.size:,} query tokens, {len(valid_texts)} validation queries on {device}")
+    epoch_loss = {"sum": 0.0, "batches": 0}  # float64 sum: the checkpoint tie-break compares epoch losses
 
-    history: List[Dict[str, Any]] = []
-    checkpoint = BestCheckpoint(p.patience)
-    for epoch in range(1, p.epochs + 1):
-        model.train()
-        t0 = time.monotonic()
+    def epoch_batches(epoch: int):
+        epoch_loss.update(sum=0.0, batches=0)
         perm = rng.permutation(len(pair_query))
-        loss_sum, n_batches = 0.0, 0
-        for start in range(0, len(perm), p.batch_size):
-            idx = perm[start : start + p.batch_size]
-            batch = training_batch([query_tokens[q] for q in pair_query[idx]], item_tokens[pair_item[idx]], vocab).to(device)
-            loss = model.loss(batch, p.label_smoothing)
-            optimizer_step(loss, optimizer, model.parameters(), p.grad_clip, schedule)
-            loss_sum += float(loss.detach())
-            n_batches += 1
-        mean_loss = loss_sum / max(n_batches, 1)
-        if not math.isfinite(mean_loss):
-            raise FloatingPointError(f"epoch {epoch}: training loss is {mean_loss}; lower lr or enable grad_clip")
-        record: Dict[str, Any] = {"epoch": epoch, "loss": mean_loss, "pairs_per_s": len(perm) / max(time.monotonic() - t0, 1e-9)}
-        stop = epoch == p.epochs
-        if valid_texts and (epoch % p.eval_every_epochs == 0 or stop):
-            ranked, _ = retrieve_tokens(model, trie, valid_tokens, p.eval_beam_size, 10, p.inference_batch_size)
-            recall = float(recall_per_query(ranked, valid_relevant, 10).mean())
-            record["valid_recall@10"] = recall
-            stop = checkpoint.update(model, (recall, -mean_loss), epoch) or stop
-        record["seconds"] = time.monotonic() - t0
-        history.append(record)
-        report(f"generative retriever epoch {epoch}: loss {mean_loss:.4f}"
-               + (f", valid recall@10 {record['valid_recall@10']:.4f}" if "valid_recall@10" in record else ""), force=True)
-        if stop:
-            break
-    checkpoint.restore(model)
-    best = checkpoint.best_epoch or len(history)
-    report(f"generative retriever: done in {time.monotonic() - started:.0f} s, best epoch {best}", force=True)
-    params_out = p.model_copy()
-    return RetrieverTrainResult(GenerativeRetriever(model.eval(), qvocab, sids, params_out), history, best)
+        return (perm[start : start + p.batch_size] for start in range(0, len(perm), p.batch_size))
 
+    def step(idx: np.ndarray) -> Tuple[torch.Tensor, int]:
+        batch = training_batch([query_tokens[q] for q in pair_query[idx]], item_tokens[pair_item[idx]], vocab).to(device)
+        loss = model.loss(batch, p.label_smoothing)
+        epoch_loss["sum"] += float(loss.detach())
+        epoch_loss["batches"] += 1
+        return loss, len(idx)
+
+    def validate(m: GenerativeRecommender) -> Dict[str, float]:
+        ranked, _ = retrieve_tokens(m, trie, valid_tokens, p.eval_beam_size, 10, p.inference_batch_size)
+        # ties on Recall@10 go to the lower training loss of the epoch
+        return {"recall@10": float(recall_per_query(ranked, valid_relevant, 10).mean()),
+                "neg_train_loss": -epoch_loss["sum"] / max(epoch_loss["batches"], 1)}
+
+    def end_epoch(epoch: int, record: Dict[str, Any]) -> None:
+        record["loss"] = epoch_loss["sum"] / max(epoch_loss["batches"], 1)
+        record["pairs_per_s"] = record["samples_per_s"]
+
+    result = fit(
+        model, epoch_batches, step, p, validate=validate if valid_texts else None, select_on=("recall@10", "neg_train_loss"),
+        steps_per_epoch=math.ceil(len(pair_query) / p.batch_size), progress=progress, name="generative retriever",
+        on_epoch_end=end_epoch,
+    )
+    best = result.best_epoch or len(result.history)
+    return RetrieverTrainResult(GenerativeRetriever(result.model.eval(), qvocab, sids, p.model_copy()), result.history, best)

@@ -31,7 +31,8 @@ from semid_pipeline.core.device import configure_threads
 from semid_pipeline.core.params import check_limit
 from semid_pipeline.core.progress import ProgressFn
 from semid_pipeline.core.tokenizers.rqkmeans import RQKMeans, RQKMeansParams, fit_rqkmeans
-from semid_pipeline.core.tokenizers.rqvae import RQVAE, RQVAEParams, _check_embeddings, train_rqvae
+from semid_pipeline.core.tokenizers.kmeans import check_embeddings
+from semid_pipeline.core.tokenizers.rqvae import RQVAE, RQVAEParams, train_rqvae
 from semid_pipeline.core.tokenizers.supervision import (
     SEP,
     SupervisedLoss,
@@ -243,7 +244,7 @@ def train_tokenizer(
     losses must be off. When the tokenizer did not learn classifiers jointly (no tag_prediction, or
     RQ-KMeans), classifiers are fitted afterwards on its frozen codewords (``heads_source='probe'``).
     """
-    x = _check_embeddings(embeddings)
+    x = check_embeddings(embeddings)
     n = x.shape[0]
     check_limit("codebook_size", params.codebook_size, high=n, high_reason=CODEBOOK_LIMIT)
     faiss.omp_set_num_threads(configure_threads(None))  # SEMID_NUM_THREADS for torch and faiss alike

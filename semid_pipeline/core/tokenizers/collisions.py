@@ -5,7 +5,8 @@ resolves collisions by appending one extra token that numbers the items of each 
 ``0, 1, 2, ...``; unique items get ``0``. Everything here is vectorised numpy (``np.unique`` over
 rows), so a million-item catalogue takes well under a second.
 
-Levels are numbered from 0, the column index into ``codes``.
+Levels are numbered from 1 wherever a person reads them (``codebook_stats``' ``level``); code
+indexes into ``codes`` columns start at 0 as usual.
 """
 
 from __future__ import annotations
@@ -81,15 +82,15 @@ def _entropy(counts: np.ndarray) -> float:
 def codebook_stats(codes: np.ndarray, codebook_size: int) -> list[dict[str, Any]]:
     """Per-level codebook usage statistics of an ``(N, L)`` code matrix.
 
-    For each level ``l`` (0-based) returns a dict with
+    For each level (column ``l`` of ``codes``) returns a dict with
 
-    - ``level``, ``codebook_size``;
+    - ``level`` (1-based: ``l + 1``, the numbering every report uses), ``codebook_size``;
     - ``used_codes``: distinct codes used at this level, and ``utilisation = used_codes / K``;
     - ``perplexity``: ``exp(H(c_l))`` of the marginal code usage (K for perfectly uniform use);
     - ``unique_prefixes``: distinct prefixes ``(c_0..c_l)``; at the last level this is the number
       of distinct semantic IDs (``N`` when there is no collision);
     - ``conditional_perplexity``: ``exp(H(c_l | c_0..c_{l-1}))``, the effective number of children
-      per parent prefix (equals ``perplexity`` at level 0);
+      per parent prefix (equals ``perplexity`` at level 1);
     - ``max_prefix_size``: items under the most crowded prefix ``(c_0..c_l)``.
     """
     arr = _as_codes(codes)
@@ -109,7 +110,7 @@ def codebook_stats(codes: np.ndarray, codebook_size: int) -> list[dict[str, Any]
         prefix_entropy = _entropy(prefix_counts) if prefix_counts.size else 0.0
         stats.append(
             {
-                "level": level,
+                "level": level + 1,
                 "codebook_size": codebook_size,
                 "used_codes": used,
                 "utilisation": used / codebook_size,

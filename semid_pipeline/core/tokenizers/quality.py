@@ -3,7 +3,9 @@
 :func:`tokenizer_quality` assigns SIDs to a catalogue with a trained
 :class:`~semid_pipeline.core.tokenizers.base.SIDTokenizer` and measures
 
-- ``collision_rate_before`` (raw codes) and ``collision_rate_after`` (after ``strategy``);
+- ``collision_rate_before`` (raw codes) and ``collision_rate_after`` (after ``strategy``), or, given
+  ``sids`` (the ``semantic_ids`` table's), of exactly those SIDs, with the strategy read off them
+  (:func:`strategy_of`), so the report describes the SIDs the pipeline uses;
 - per level: utilisation, perplexity, conditional perplexity, unique prefixes
   (:func:`~semid_pipeline.core.tokenizers.collisions.codebook_stats`) and held-out tag accuracy
   (tag heads applied to the codewords of held-out items, against their true tags, over items
@@ -46,6 +48,17 @@ def pca_2d(latents: np.ndarray) -> np.ndarray:
     return np.pad(proj, ((0, 0), (0, 2 - proj.shape[1])))
 
 
+def strategy_of(codes: np.ndarray, sids: np.ndarray) -> str:
+    """The collision strategy that turned ``codes`` ``(N, L)`` into ``sids``: ``append_token`` adds
+    one token (``L + 1`` columns), ``sinkhorn`` keeps ``L``."""
+    n_codes, n_sid = np.asarray(codes).shape[1], np.asarray(sids).shape[1]
+    if n_sid == n_codes + 1:
+        return "append_token"
+    if n_sid == n_codes:
+        return "sinkhorn"
+    raise ValueError(f"SIDs have {n_sid} tokens for {n_codes} code levels: neither append_token (L+1) nor sinkhorn (L)")
+
+
 def tokenizer_quality(
     tokenizer,
     embeddings: np.ndarray,
@@ -56,13 +69,26 @@ def tokenizer_quality(
     seed: int = 0,
     n_samples: int = 20,
     n_projection: int = 2000,
+    codes: Optional[np.ndarray] = None,
+    sids: Optional[np.ndarray] = None,
 ) -> QualityReport:
+    """Quality of ``tokenizer`` on ``embeddings`` (rows = items). Given ``codes`` and ``sids`` (rows
+    aligned with ``embeddings``, e.g. ``semantic_ids.codes`` / ``.sid``), collisions, SID length,
+    strategy and sample SIDs describe those; otherwise the codes are re-encoded and resolved with
+    ``strategy``."""
     enc = tokenizer.encode_full(embeddings)
-    codes = enc.codes
-    n = codes.shape[0]
-    sids, _ = resolve_collisions(codes, enc.last_distances, strategy=strategy, seed=seed)
-    stats = pd.DataFrame(codebook_stats(codes, tokenizer.codebook_size))
-    stats.insert(0, "level", stats.pop("level") + 1)
+    n = enc.codes.shape[0]
+    if sids is None:
+        codes = enc.codes
+        sids, _ = resolve_collisions(codes, enc.last_distances, strategy=strategy, seed=seed)
+    else:
+        codes = np.asarray(enc.codes if codes is None else codes, dtype=np.int64)
+        sids = np.asarray(sids, dtype=np.int64)
+        if codes.shape != enc.codes.shape or sids.shape[0] != n:
+            raise ValueError(f"codes {codes.shape} / sids {sids.shape} do not match the {n} items x {enc.codes.shape[1]} levels of the embeddings")
+        strategy = strategy_of(codes, sids)
+    stats = pd.DataFrame(codebook_stats(codes, tokenizer.codebook_size))  # level numbered from 1
+    stats.insert(0, "level", stats.pop("level"))
     summary: Dict[str, Any] = {
         "tokenizer_kind": tokenizer.kind,
         "n_items": int(n),

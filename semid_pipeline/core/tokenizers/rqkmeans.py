@@ -21,7 +21,7 @@ from torch import Tensor
 from semid_pipeline.core.artifacts import Artifact, register_artifact
 from semid_pipeline.core.params import StrictParams
 from semid_pipeline.core.progress import ProgressFn, Throttle
-from semid_pipeline.core.tokenizers.rqvae import _check_embeddings, _faiss_kmeans
+from semid_pipeline.core.tokenizers.kmeans import check_embeddings, faiss_kmeans
 
 
 class RQKMeansParams(StrictParams):
@@ -115,7 +115,7 @@ class RQKMeans(Artifact):
 
 def fit_rqkmeans(embeddings: np.ndarray, params: RQKMeansParams, progress: Optional[ProgressFn] = None) -> RQKMeans:
     """Fits ``params.n_levels`` levels of seeded faiss k-means on successive residuals of ``embeddings``."""
-    x = _check_embeddings(embeddings)
+    x = check_embeddings(embeddings)
     t = torch.from_numpy(x)
     if params.normalize_input:
         t = F.normalize(t, dim=-1)
@@ -123,7 +123,7 @@ def fit_rqkmeans(embeddings: np.ndarray, params: RQKMeansParams, progress: Optio
     throttle = Throttle(progress)
     centroids = []
     for level in range(params.n_levels):
-        c = _faiss_kmeans(np.ascontiguousarray(r), params.codebook_size, params.kmeans_iters, params.seed + level)
+        c = faiss_kmeans(np.ascontiguousarray(r), params.codebook_size, params.kmeans_iters, params.seed + level)
         ct = torch.from_numpy(c)
         rt = torch.from_numpy(r)
         d = rt.pow(2).sum(-1, keepdim=True) - 2.0 * (rt @ ct.T) + ct.pow(2).sum(-1)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Dict, List, Literal, NamedTuple, Optional, Tuple, Union
 
-import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -39,6 +38,7 @@ from semid_pipeline.core.device import resolve_device, seed_everything
 from semid_pipeline.core.params import StrictParams
 from semid_pipeline.core.progress import ProgressFn, Throttle
 from semid_pipeline.core.tokenizers.collisions import codebook_stats, collision_rate
+from semid_pipeline.core.tokenizers.kmeans import check_embeddings, faiss_kmeans
 
 Activation = Literal["silu", "relu", "gelu"]
 _ACTIVATIONS: Dict[str, Callable[[], nn.Module]] = {"silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU}
@@ -140,24 +140,6 @@ def _mlp(dims: List[int], activation: str, dropout: float) -> nn.Sequential:
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
-
-
-def _faiss_kmeans(points: np.ndarray, k: int, n_iter: int, seed: int) -> np.ndarray:
-    """Seeded faiss k-means returning exactly ``k`` centroids of ``points`` (float32, C-contiguous).
-
-    With fewer points than ``k`` every point becomes a centroid and the remaining rows repeat
-    seeded random points; those duplicates lose every argmin tie (lowest index wins), stay unused
-    and are recycled by dead-code restarts.
-    """
-    n, dim = points.shape
-    k_fit = min(k, n)
-    km = faiss.Kmeans(dim, k_fit, niter=n_iter, seed=seed, verbose=False, min_points_per_centroid=1, max_points_per_centroid=256)
-    km.train(points)
-    centroids = km.centroids.reshape(k_fit, dim)
-    if k_fit < k:
-        extra = points[np.random.default_rng(seed).integers(0, n, size=k - k_fit)]
-        centroids = np.concatenate([centroids, extra], axis=0)
-    return np.ascontiguousarray(centroids, dtype=np.float32)
 
 
 @register_artifact
@@ -312,7 +294,7 @@ class RQVAE(nn.Module, Artifact):
         """
         r = self.encode_latent(x)
         for level in range(self.n_levels):
-            centroids = _faiss_kmeans(r.float().cpu().numpy(), self.codebook_size, n_iter, seed + level)
+            centroids = faiss_kmeans(r.float().cpu().numpy(), self.codebook_size, n_iter, seed + level)
             self.codebooks[level].copy_(torch.from_numpy(centroids).to(self.device))
             r = r - self.codebooks[level][self.level_distances(r, level).argmin(dim=-1)]
 
@@ -338,17 +320,6 @@ class RQVAE(nn.Module, Artifact):
         model = cls(**config)
         model.load_state_dict(tensors)
         return model.eval()
-
-
-def _check_embeddings(embeddings: np.ndarray) -> np.ndarray:
-    arr = np.asarray(embeddings)
-    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"embeddings must be a non-empty 2-D (items, dim) array, got shape {arr.shape}")
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    if not np.isfinite(arr).all():
-        bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
-        raise ValueError(f"embeddings contain NaN/inf in {bad.size} rows (first item index {int(bad[0])})")
-    return arr
 
 
 def _reset_dead_codes(
@@ -424,11 +395,11 @@ def train_rqvae(
     History, one dict per epoch: ``epoch`` (1-based), ``step`` (global steps so far), the epoch
     means of ``total`` (the optimised loss, extra included), ``recon``, ``codebook``,
     ``commitment`` (and ``extra`` plus the extra logs when given), then ``used_codes_l{l}`` and
-    ``perplexity_l{l}`` for the codes the items received during the epoch, ``restarted_l{l}``
+    ``perplexity_l{l}`` (levels ``l`` numbered from 1) for the codes the items received during the epoch, ``restarted_l{l}``
     (dead codes reset in the epoch), ``collision_rate`` of those codes, and ``seconds`` (epoch
     wall time; the first epoch includes the k-means initialisation).
     """
-    data_np = _check_embeddings(embeddings)
+    data_np = check_embeddings(embeddings)
     n_items = data_np.shape[0]
     device = resolve_device(params.device)
     shuffle_gen = seed_everything(params.seed)
@@ -506,14 +477,14 @@ def train_rqvae(
             level = level_stats["level"]
             record[f"used_codes_l{level}"] = level_stats["used_codes"]
             record[f"perplexity_l{level}"] = level_stats["perplexity"]
-            record[f"restarted_l{level}"] = int(restarted[level])
+            record[f"restarted_l{level}"] = int(restarted[level - 1])
         record["collision_rate"] = collision_rate(codes_np)
         prev_codes = codes_np
         now = time.monotonic()
         record["seconds"] = now - started
         started = now
         history.append(record)
-        used = "/".join(str(record[f"used_codes_l{lv}"]) for lv in range(model.n_levels))
+        used = "/".join(str(record[f"used_codes_l{lv}"]) for lv in range(1, model.n_levels + 1))
         throttle(
             f"rqvae epoch {epoch}/{params.epochs}: loss {record['total']:.4f} (recon {record['recon']:.4f}, "
             f"codebook {record['codebook']:.4f}), codes used {used} of {model.codebook_size}, "

@@ -16,15 +16,13 @@ A living catalog is re-tokenized again and again, so every assignment is kept:
 
 :func:`diff_versions` compares two assignments (or tokenizer versions, meaning their latest
 assignment): items added, removed, moved (same item, different SID), unchanged, and each side's
-pre-resolution collision rate and codebook use. ``python -m semid_pipeline.core.tokenizers.versioning``
+pre-resolution collision rate and codebook use. ``python -m semid_pipeline.versions``
 prints the versions and diffs from the Parquet table (the DuckDB view ``sid_versions`` reads the same file).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Dict, List, Mapping
@@ -303,27 +301,3 @@ def check_decodable(sids: np.ndarray, level_sizes: Any, item_ids: Any = None) ->
             f"with (tokens per level {sizes.tolist()}): new items from a frozen re-tokenization; retrain "
             "generative_recommender on the current semantic_ids to recommend them."
         )
-
-
-def main(argv: List[str] | None = None) -> int:  # pragma: no cover - thin CLI over the functions above
-    from semid_pipeline.core.storage import read_table
-    from semid_pipeline.paths import default_data_dir
-
-    parser = argparse.ArgumentParser(description="List SID assignments of a dataset, or diff two of them.")
-    parser.add_argument("--data-dir", default=default_data_dir())
-    parser.add_argument("--dataset", default="demo")
-    parser.add_argument("a", nargs="?", help="assignment id, tokenizer version, 'previous' or 'latest'")
-    parser.add_argument("b", nargs="?", default="latest")
-    args = parser.parse_args(argv)
-    table = read_table(args.data_dir, "sid_versions", args.dataset)
-    if args.a is None:
-        print(list_versions(table).to_string(index=False))
-        return 0
-    diff = diff_versions(table, args.a, args.b)
-    print(json.dumps({**diff.summary(), "added": diff.added, "removed": diff.removed, "moved": diff.moved,
-                      "codebook_use_a": diff.codebook_use_a, "codebook_use_b": diff.codebook_use_b}, indent=2))
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

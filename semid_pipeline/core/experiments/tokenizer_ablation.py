@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
+from semid_pipeline.core.frames import split_inputs
 from semid_pipeline.core.metrics import evaluate_topk
 from semid_pipeline.core.params import StrictParams, check_limit
 from semid_pipeline.core.progress import ProgressFn
@@ -37,14 +38,6 @@ class AblationParams(StrictParams):
     beam_size: int = Field(default=20, ge=10, description="Beam size of the test-time constrained beam search.")
     top_k: int = Field(default=10, ge=1, description="Recommendation list length (metrics @5 and @10).")
     seed: int = Field(default=0, description="Seed of tokenizer, SID resolution and recommender.")
-
-
-def split_histories(user_sequences: pd.DataFrame, split: str):
-    train = [np.asarray(t, dtype=np.int64) for t in user_sequences["train_items"]]
-    if split == "valid":
-        return train, user_sequences["valid_item"].to_numpy(np.int64)
-    valid = user_sequences["valid_item"].to_numpy(np.int64)
-    return [np.append(t, v) for t, v in zip(train, valid)], user_sequences["test_item"].to_numpy(np.int64)
 
 
 def run_tokenizer_ablation(
@@ -69,8 +62,8 @@ def run_tokenizer_ablation(
     check_top_k(params.top_k, len(embeddings), beam_size=params.beam_size)  # before any variant trains
     check_limit("codebook_size", tokenizer_params.codebook_size, high=len(embeddings), high_reason=CODEBOOK_LIMIT)
     say = progress or (lambda _m: None)
-    valid_hist, valid_target = split_histories(user_sequences, "valid")
-    test_hist, test_target = split_histories(user_sequences, "test")
+    valid_hist, valid_target = split_inputs(user_sequences, "valid")
+    test_hist, test_target = split_inputs(user_sequences, "test")
     user_idx = user_sequences["user_idx"].to_numpy(np.int64)
     item_ids = [str(i) for i in range(len(embeddings))]
     rows: List[Dict[str, Any]] = []

@@ -105,7 +105,7 @@ class HFRecommender(PreTrainedModel, GenerationMixin):
         self,
         decoder_input_ids: torch.Tensor,
         encoder_outputs: RecommenderEncoderOutput,
-        past_key_values: Optional[EncoderDecoderCache] = None,
+        cache: Optional[EncoderDecoderCache] = None,
         use_cache: Optional[bool] = None,
         **kwargs: Any,
     ) -> Seq2SeqLMOutput:
@@ -114,11 +114,17 @@ class HFRecommender(PreTrainedModel, GenerationMixin):
         With a cache, ``decoder_input_ids`` holds the tokens not yet in it (one per row during beam
         search) and the cache is updated in place; without, the whole prefix is decoded causally.
         ``kwargs`` (``return_dict``, the dummy encoder ``attention_mask``, ...) are not needed.
+
+        transformers 5 renamed the cache argument and output field from ``past_key_values`` to
+        ``cache`` (``prepare_inputs_for_generation`` passes ``cache=``; ``generate`` reads
+        ``outputs.cache``). A forward that still took ``past_key_values`` got ``cache`` in ``kwargs``,
+        saw no cache, and decoded only the newest token as if it were the whole prefix: the scores
+        drifted from ours by up to 0.74 (issue 15). The pinned version is in ``requirements.lock``.
         """
         rec = self.recommender
         memory, bias = encoder_outputs.last_hidden_state, encoder_outputs.memory_bias
         x = rec.embed(decoder_input_ids)
-        if past_key_values is None or use_cache is False:
+        if cache is None or use_cache is False:
             length = decoder_input_ids.shape[1]
             causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
             for layer, kv in zip(rec.decoder_layers, rec.memory_kv(memory)):
@@ -129,14 +135,14 @@ class HFRecommender(PreTrainedModel, GenerationMixin):
             raise ValueError(f"cached decoding takes one new token per row, got {decoder_input_ids.shape[1]}")
         # Cached step, written the way Hugging Face seq2seq models (T5, BART) do it: the new token's
         # self-attention keys/values go through ``Cache.update``; the block structure is DecoderLayer's.
-        self_cache = past_key_values.self_attention_cache
+        self_cache = cache.self_attention_cache
         for i, layer in enumerate(rec.decoder_layers):
             h = layer.norm1(x)
             k, v = self_cache.update(*layer.self_attn.keys_values(h), i)
             x = x + layer.drop(layer.self_attn(h, k, v, None))
-            x = x + layer.drop(layer.cross_attn(layer.norm2(x), *self._cross_kv(past_key_values, i, memory), bias))
+            x = x + layer.drop(layer.cross_attn(layer.norm2(x), *self._cross_kv(cache, i, memory), bias))
             x = x + layer.drop(layer.mlp(layer.norm3(x)))
-        return Seq2SeqLMOutput(logits=rec.logits(rec.decoder_norm(x)), past_key_values=past_key_values)
+        return Seq2SeqLMOutput(logits=rec.logits(rec.decoder_norm(x)), cache=cache)
 
     def _cross_kv(self, cache: EncoderDecoderCache, layer_idx: int, memory: torch.Tensor) -> KV:
         """Cross-attention keys/values of decoder layer ``layer_idx``: computed from ``memory`` at the

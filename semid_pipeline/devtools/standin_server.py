@@ -13,7 +13,7 @@ content parts and ``response_format``), and answers deterministically from what 
   text, else 0;
 - ``tag_choice``: the first enum candidate sharing a word with the item description, else the first.
 
-Run it alone with ``python -m semid_pipeline.core.enrich.standin_server --port 8090``.
+Run it alone with ``python -m semid_pipeline.devtools.standin_server --port 8090``.
 """
 
 import argparse

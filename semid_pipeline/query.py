@@ -1,10 +1,14 @@
 """Query the materialized tables: ``python -m semid_pipeline.query "select * from evaluation"``.
 
-Opens ``<data_dir>/semid.duckdb`` read-only (``SEMID_DATA_DIR`` or ``./data``), refreshing the views
-first, and prints the result. Any DuckDB client works the same way on that file.
+Reads ``<data_dir>/tables`` (``SEMID_DATA_DIR`` or ``./data``) through the same views as
+``semid.duckdb``, read-only in fact (:func:`semid_pipeline.core.storage.query`): only SELECT
+statements run, no file is written, nothing outside the tables folder is read, nothing is
+attached, and the DuckDB file is not opened (a writer holding its lock does not block a query).
+A refused or failing query prints one line ``error: ...`` on stderr and exits with status 2.
 """
 
 import argparse
+import sys
 
 import pandas as pd
 
@@ -12,16 +16,21 @@ from semid_pipeline.core import storage
 from semid_pipeline.paths import default_data_dir
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sql", help="SQL to run, e.g. \"select * from semantic_ids limit 5\"")
     parser.add_argument("--data-dir", default=default_data_dir())
     parser.add_argument("--max-rows", type=int, default=50)
     args = parser.parse_args(argv)
-    storage.refresh_views(args.data_dir)
+    try:
+        result = storage.query(args.data_dir, args.sql)
+    except storage.QueryError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     with pd.option_context("display.max_rows", args.max_rows, "display.max_columns", 50, "display.width", 200):
-        print(storage.query(args.data_dir, args.sql))
+        print(result)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -4,13 +4,12 @@ Per environment: ``definitions.py`` builds them from environment variables; test
 (a tiny demo, a temp data dir).
 """
 
-import json
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 from dagster import ConfigurableResource
 
-from semid_pipeline.core.data.registry import load_raw
+from semid_pipeline.core.data.registry import load_raw, parse_options
 from semid_pipeline.core.data.schema import RawDataset
 from semid_pipeline.core.enrich.llm import LLMClient, LLMParams
 from semid_pipeline.core.enrich.text_encoder import TextEncoder, TextEncoderParams
@@ -45,7 +44,8 @@ class DatasetsResource(ConfigurableResource):
     options_json: str = "{}"
 
     def options(self, dataset: str) -> Dict[str, Any]:
-        return dict(json.loads(self.options_json or "{}").get(dataset, {}))
+        """This dataset's options; invalid JSON, an unknown dataset or option key fail naming SEMID_DATASET_OPTIONS."""
+        return dict(parse_options(self.options_json).get(dataset, {}))
 
     def load(self, dataset: str) -> RawDataset:
         return load_raw(dataset, self.shared_dir, self.options(dataset))

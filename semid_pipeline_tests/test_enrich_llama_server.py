@@ -98,7 +98,7 @@ def test_tag_asset_through_real_llm_then_from_cache(server, tmp_path):
     assert [list(p) for p in again["generated_path"]] == [list(p) for p in tags["generated_path"]]
 
 
-def test_killed_server_loses_no_finished_answer(server, tmp_path):
+def test_killed_server_loses_no_finished_answer(server, gguf, tmp_path):
     encoder = TextEncoder(TextEncoderParams(device="cpu"))
     pool = TagPool.from_paths(PATHS)
     params = TagParams(classifier="llm", top_k=10)
@@ -127,12 +127,17 @@ def test_killed_server_loses_no_finished_answer(server, tmp_path):
         saved = con.execute("select count(*) from llm_cache").fetchone()[0]
     assert saved >= 1  # answers validated before the crash are on disk (an invalid one is not cached)
 
-    server.start()  # a fresh process, on a new port
-    with client() as rerun:
-        table, stats = tag_items(items, pool, encoder, params, LLMTagClassifier(rerun))
-        assert rerun.stats["cache_hits"] == saved  # every finished answer reused, none re-requested
-        assert stats["llm_calls"] > 0
-    with client() as third:  # and now the whole stage is cached
-        again, stats3 = tag_items(items, pool, encoder, params, LLMTagClassifier(third))
-        assert stats3["llm_calls"] == 0
+    # a fresh process at the same URL: the answer cache is keyed by base URL + model, so this is the same server
+    restarted = LlamaCppServer(gguf, port=server.port, n_ctx=1024, n_threads=1)
+    restarted.start()
+    try:
+        with client() as rerun:
+            table, stats = tag_items(items, pool, encoder, params, LLMTagClassifier(rerun))
+            assert rerun.stats["cache_hits"] == saved  # every finished answer reused, none re-requested
+            assert stats["llm_calls"] > 0
+        with client() as third:  # and now the whole stage is cached
+            again, stats3 = tag_items(items, pool, encoder, params, LLMTagClassifier(third))
+            assert stats3["llm_calls"] == 0
+    finally:
+        restarted.stop()
     assert again["generated_path"].tolist() == table["generated_path"].tolist()

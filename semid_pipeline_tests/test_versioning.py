@@ -150,7 +150,7 @@ def test_incoming_files_parse_last_wins_and_bad_lines_name_file_and_line(tmp_pat
     before = fingerprint(list_incoming(folder))
     (folder / "003.jsonl").write_text('{"item_id": "n3", "title": "ok"}\n{"item_id": "n4", "titel": "typo"}\n')
     assert fingerprint(list_incoming(folder)) != before
-    with pytest.raises(InputError, match=r"003\.jsonl:2: unknown keys \['titel'\]"):
+    with pytest.raises(InputError, match=r"003\.jsonl:2: unknown key 'titel' \(did you mean 'title'\?\)"):
         load_incoming_items(folder)
     (folder / "003.jsonl").write_text('{"item_id": "n3", "title": "ok"}\n{not json\n')
     with pytest.raises(InputError, match=r"003\.jsonl:2: not valid JSON"):

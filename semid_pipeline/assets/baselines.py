@@ -7,6 +7,7 @@ from dagster import AssetExecutionContext, Config, Output, asset
 from semid_pipeline.core.baselines.popularity import most_popular
 from semid_pipeline.core.baselines.sasrec import SASRecParams, recommend_sasrec, train_sasrec
 from semid_pipeline.core.frames import item_column, split_inputs, split_top_k
+from semid_pipeline.core.recommendations import check_top_k
 from semid_pipeline.metadata import learning_curve, md_table, order_metric_columns, readable
 from semid_pipeline.partitions import dataset_partitions
 
@@ -21,6 +22,7 @@ def popularity_recommendations(
 ) -> Output:
     """Most-popular top-K per user and split, popularity counted on what each split may see."""
     item_ids = item_column(items, "item_id")
+    check_top_k(config.top_k, len(items))
 
     def rank(histories, user_idx):
         top, scores = most_popular(histories, len(items), config.top_k)
@@ -63,6 +65,7 @@ def sasrec_recommendations(
 ) -> Output:
     """SASRec top-K per user for validation and test (full ranking over the catalog)."""
     item_ids = item_column(items, "item_id")
+    check_top_k(config.top_k, len(items))
     recs, _ = split_top_k(
         "sasrec",
         user_sequences,

@@ -13,6 +13,7 @@ from dagster import AssetExecutionContext, Config, Output, asset
 from semid_pipeline.core.data.catalog import merge_incoming
 from semid_pipeline.core.data.incoming import incoming_dir, list_incoming, load_incoming_items
 from semid_pipeline.partitions import dataset_partitions
+from semid_pipeline.reporting import captured_warnings
 from semid_pipeline.resources import StorageResource, TextEncoderResource
 
 
@@ -23,12 +24,16 @@ class CatalogConfig(Config):
 
 @asset(partitions_def=dataset_partitions, group_name="catalog", io_manager_key="table_io")
 def incoming_items(context: AssetExecutionContext, storage: StorageResource) -> Output:
-    """Every item of ``<data_dir>/incoming/<dataset>/*.jsonl`` (last occurrence of an item_id wins)."""
+    """Every item of ``<data_dir>/incoming/<dataset>/*.jsonl`` (any letter case; last occurrence of an
+    item_id wins). Other files in the folder are not read: they are named in the run log and counted
+    in the metadata (``incoming_files_ignored``)."""
     directory = incoming_dir(storage.data_dir, context.partition_key)
     files = list_incoming(directory)
-    df = load_incoming_items(directory)
+    with captured_warnings(context) as notes:
+        df = load_incoming_items(directory)
     context.log.info(f"{len(df)} incoming items from {len(files)} files in {directory}")
-    return Output(df, metadata={"n_items": len(df), "n_files": len(files), "folder": str(directory)})
+    meta = {"n_items": len(df), "n_files": len(files), "folder": str(directory), "incoming_files_ignored": 0, **notes.metadata()}
+    return Output(df, metadata=meta)
 
 
 @asset(partitions_def=dataset_partitions, group_name="catalog", io_manager_key="table_io")

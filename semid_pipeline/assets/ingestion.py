@@ -4,6 +4,7 @@ from dagster import AssetExecutionContext, AssetOut, Output, multi_asset
 
 from semid_pipeline.core.data.schema import validate_raw
 from semid_pipeline.partitions import dataset_partitions
+from semid_pipeline.reporting import captured_warnings
 from semid_pipeline.resources import DatasetsResource
 
 
@@ -16,11 +17,16 @@ from semid_pipeline.resources import DatasetsResource
     group_name="ingestion",
 )
 def raw_dataset(context: AssetExecutionContext, datasets: DatasetsResource):
+    """Loads the partition's source files. What the loader skips or repairs (items without metadata,
+    duplicate metadata lines, dropped examples) is logged in the run and counted in ``raw_items``'
+    metadata (``input_warnings`` and one count per kind); too much of it fails the load."""
     dataset = context.partition_key
-    raw = datasets.load(dataset)
+    with captured_warnings(context) as notes:
+        raw = datasets.load(dataset)
     validate_raw(raw, source=dataset)
     context.log.info(f"{dataset}: {len(raw.items):,} items, {len(raw.interactions):,} interactions loaded")
-    yield Output(raw.items, "raw_items", metadata={"n_items": len(raw.items)})
+    untitled = int((raw.items["title"].fillna("").astype(str).str.strip() == "").sum())
+    yield Output(raw.items, "raw_items", metadata={"n_items": len(raw.items), "n_untitled_items": untitled, **notes.metadata()})
     yield Output(
         raw.interactions,
         "raw_interactions",

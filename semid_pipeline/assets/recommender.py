@@ -5,16 +5,18 @@ import pandas as pd
 from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, Config, Output, asset
 
 from semid_pipeline.core.frames import item_column, item_values, sid_matrix, sid_version, split_inputs, split_top_k, tag_paths_for
+from semid_pipeline.core.recommendations import check_top_k
 from semid_pipeline.core.recommender.hierarchy import HierarchyInputs, build_level_tags
 from semid_pipeline.core.recommender.model import RecommenderParams
 from semid_pipeline.core.recommender.rl import GRPOParams, train_grpo
 from semid_pipeline.core.recommender.train import TrainParams, recommend, train_recommender
 from semid_pipeline.core.recommender.trie import SIDTrie
+from semid_pipeline.core.storage import table_path
 from semid_pipeline.core.recommender.vocab import level_sizes
-from semid_pipeline.core.tokenizers.versioning import check_decodable, check_same_version
+from semid_pipeline.core.tokenizers.versioning import check_decodable, check_same_assignment, check_same_version, current_assignment_id
 from semid_pipeline.metadata import curves, learning_curve, md_table, order_metric_columns, readable
 from semid_pipeline.partitions import dataset_partitions
-from semid_pipeline.resources import TextEncoderResource
+from semid_pipeline.resources import StorageResource, TextEncoderResource
 
 
 class GRPOConfig(Config, GRPOParams):
@@ -79,7 +81,8 @@ def generative_recommender(
             "rl_curve": curves(rl.history, {"validation": ["valid_recall@10", "valid_ndcg@10"]}, "GRPO validation per epoch"),
         }
         result.model = rl.model
-    result.model.artifact_extra = {"tokenizer_version": sid_version(semantic_ids)}  # saved in config.json by ModelIOManager
+    # saved in config.json by ModelIOManager; generative_recommendations checks both against the current SIDs
+    result.model.artifact_extra = {"tokenizer_version": sid_version(semantic_ids), "assignment_id": current_assignment_id(semantic_ids)}
     hist = pd.DataFrame([{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in result.history])
     best = max(result.history, key=lambda h: h.get("valid_recall@10", -1.0)) if result.history else {}
     return Output(
@@ -117,13 +120,23 @@ def generative_recommendations(
     generative_recommender,
     semantic_ids: pd.DataFrame,
     user_sequences: pd.DataFrame,
+    storage: StorageResource,
 ):
-    """Per-user top-K for validation and test by beam search constrained to valid SIDs (prefix trie)."""
-    trained_on = (getattr(generative_recommender, "artifact_extra", None) or {}).get("tokenizer_version")
+    """Per-user top-K for validation and test by beam search constrained to valid SIDs (prefix trie).
+
+    Refuses a model trained on another tokenizer version, or on an assignment whose items do not all
+    keep their SID in the current one (``sid_versions`` shows which; new items of a frozen run are fine)."""
+    extra = getattr(generative_recommender, "artifact_extra", None) or {}
+    trained_on = extra.get("tokenizer_version")
     check_same_version(trained_on, sid_version(semantic_ids), "generative_recommender")
+    if trained_on is not None:
+        history_path = table_path(storage.data_dir, "sid_versions", context.partition_key)
+        history = pd.read_parquet(history_path, columns=["assignment_id", "item_id", "sid_str"]) if history_path.exists() else None
+        check_same_assignment(extra.get("assignment_id"), semantic_ids, history, "generative_recommender")
     sids = sid_matrix(semantic_ids)
     item_ids = item_column(semantic_ids, "item_id")
     check_decodable(sids, generative_recommender.vocab.level_sizes, item_ids)
+    check_top_k(config.top_k, len(sids), beam_size=config.beam_size)
     trie = SIDTrie.from_sids(sids)
     recs, per_split = split_top_k(
         "generative",

@@ -17,6 +17,7 @@ from semid_pipeline.core.data.esci import LABELS, QUERY_COLUMNS
 from semid_pipeline.core.data.registry import DATASETS, load_queries
 from semid_pipeline.core.errors import InputError
 from semid_pipeline.core.frames import item_column, sid_matrix
+from semid_pipeline.core.params import check_limit
 from semid_pipeline.core.retrieval.bm25 import BM25Index, BM25Params
 from semid_pipeline.core.retrieval.data import build_task, product_texts
 from semid_pipeline.core.retrieval.dense import dense_retrieve
@@ -123,8 +124,8 @@ def retrieval_evaluation(
     task = build_task(query_examples, item_ids, config.train_labels, config.relevant_labels, source="query_examples")
     if not task.test_texts:
         raise InputError("query_examples", None, "no test query with a relevant product that has a training pair")
-    if config.top_k < max(config.ks):
-        raise ValueError(f"top_k ({config.top_k}) must be >= the largest k ({max(config.ks)})")
+    check_limit("top_k", config.top_k, low=max(config.ks), low_reason="the largest k of Recall@k",
+                high=len(item_ids), high_reason="the catalog size (items with a SID)")
     # semantic_ids may also cover incoming catalog items that are not in `items` yet: they get an empty text
     docs = product_texts(items.drop_duplicates("item_id").set_index("item_id").reindex(item_ids))
     ranked = {}

@@ -63,6 +63,12 @@ def semantic_ids(
     version = model_version(sid_tokenizer)
     idx, ids = emb["item_idx"].to_numpy(np.int64), emb["item_id"].astype(str).to_numpy()
     previous = _previous_assignment(storage.data_dir, context.partition_key, version) if config.mode == "frozen" else None
+    if config.mode == "frozen" and previous is None:
+        path = table_path(storage.data_dir, "semantic_ids", context.partition_key)
+        raise FileNotFoundError(
+            f"{path}: semantic_ids mode 'frozen' needs the previous assignment of dataset {context.partition_key!r} "
+            "(missing); a full assignment would move existing SIDs. Run mode 'full' first, or restore the table."
+        )
     if previous is None:
         df = assign_full(idx, ids, codes, last_distances, strategy=config.collision_strategy)
     else:

@@ -11,7 +11,21 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from semid_pipeline.core.params import check_limit
+
 COLUMNS = ["model", "split", "user_idx", "user_id", "rank", "item_idx", "item_id", "score"]
+
+
+def check_top_k(top_k: int, n_items: int, beam_size: int | None = None) -> None:
+    """Refuses, before any work, a list length (and beam width) that cannot make sense for the catalog.
+
+    ``top_k`` must be in ``[1, n_items]``; a beam search's ``beam_size`` in ``[top_k, n_items]``
+    (with one beam per item the search is already exact). ``LimitError`` names value and limit.
+    """
+    check_limit("top_k", top_k, low=1, high=n_items, high_reason="the catalog size (items that can be recommended)")
+    if beam_size is not None:
+        check_limit("beam_size", beam_size, low=top_k, low_reason="beam search keeps at least top_k beams",
+                    high=n_items, high_reason="the catalog size (the search is exact with one beam per item)")
 
 
 def topk_frame(

@@ -9,6 +9,15 @@ Layout under ``data_dir``::
 Writes are atomic (temp file + ``os.replace``), so a failed run leaves the previous output intact.
 The views read every dataset partition of a table and expose it as a ``dataset`` column, so
 ``select * from semantic_ids where dataset = 'demo'`` works right after a run.
+
+:func:`query` (and the ``python -m semid_pipeline.query`` CLI) is read-only in fact, not only by
+intent: it never opens ``semid.duckdb`` (so a writer holding its lock does not block it); it
+builds the same views on an in-memory connection, then restricts file access to
+``<data_dir>/tables`` (``allowed_directories`` + ``enable_external_access = false``, no extension
+loading, ``lock_configuration``) and runs only ``SELECT`` statements (``select``, ``with``,
+``from``, ``describe``, ``show``, ``summarize``, ``values``). ``COPY``, ``ATTACH``, ``EXPORT``,
+``SET``, ``INSTALL``/``LOAD``, ``PRAGMA``, ``CALL`` and DDL are refused with :class:`QueryError`
+before anything runs, and reads outside the tables folder (``read_text('/etc/passwd')``) fail.
 """
 
 from __future__ import annotations
@@ -78,6 +87,18 @@ def duckdb_path(data_dir: str | os.PathLike) -> Path:
     return Path(data_dir) / DUCKDB_FILE
 
 
+def _view_sql(root: Path, name: str) -> str:
+    glob = str(root / name / "dataset=*" / "part.parquet").replace("'", "''")
+    return (
+        f"create or replace view {_check_name(name)} as "
+        f"select * from read_parquet('{glob}', hive_partitioning = true, union_by_name = true)"
+    )
+
+
+def _table_names(root: Path) -> list[str]:
+    return sorted(p.name for p in root.glob("*") if p.is_dir() and _NAME.match(p.name) and any(p.glob("dataset=*/part.parquet")))
+
+
 def refresh_views(data_dir: str | os.PathLike, tables: Iterable[str] | None = None) -> list[str]:
     """(Re)creates ``create view <table>`` over every dataset partition of each table.
 
@@ -98,24 +119,91 @@ def refresh_views(data_dir: str | os.PathLike, tables: Iterable[str] | None = No
             files = sorted((root / name).glob("dataset=*/part.parquet"))
             if not files:
                 continue
-            glob = str(root / name / "dataset=*" / "part.parquet").replace("'", "''")
-            con.execute(
-                f"create or replace view {_check_name(name)} as "
-                f"select * from read_parquet('{glob}', hive_partitioning = true, union_by_name = true)"
-            )
+            con.execute(_view_sql(root, name))
             done.append(name)
     finally:
         con.close()
     return done
 
 
-def query(data_dir: str | os.PathLike, sql: str) -> pd.DataFrame:
-    """Runs ``sql`` against the DuckDB file (read-only) and returns a DataFrame."""
-    con = duckdb.connect(str(duckdb_path(data_dir)), read_only=True)
+class QueryError(ValueError):
+    """A query the read-only query path refuses or cannot run; ``str(err)`` is one line."""
+
+
+READ_ONLY_STATEMENTS = ("SELECT",)
+"""DuckDB statement types :func:`query` runs; everything else (COPY, ATTACH, SET, ...) is refused."""
+
+
+def read_only_connection(data_dir: str | os.PathLike) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with one view per table, locked down to reading ``<data_dir>/tables``.
+
+    After the views exist: file access only under the tables folder, no extensions installed or
+    loaded, and the configuration locked so a query cannot undo any of it. Never touches
+    ``semid.duckdb``.
+    """
+    root = (Path(data_dir) / "tables").resolve()
+    if not root.is_dir():
+        raise QueryError(f"{root}: no tables here (materialize an asset first, or pass --data-dir / set SEMID_DATA_DIR)")
+    con = duckdb.connect(":memory:")
     try:
-        return con.execute(sql).df()
+        for name in _table_names(root):
+            con.execute(_view_sql(root, name))
+        allowed = str(root).replace("'", "''") + os.sep
+        for setting in (
+            f"set allowed_directories = ['{allowed}']",
+            "set enable_external_access = false",
+            "set autoinstall_known_extensions = false",
+            "set autoload_known_extensions = false",
+            "set lock_configuration = true",
+        ):
+            con.execute(setting)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def query(data_dir: str | os.PathLike, sql: str) -> pd.DataFrame:
+    """Runs ``sql`` (one or more SELECT statements; the last one's rows are returned) read-only.
+
+    Raises :class:`QueryError` (one line) for a statement that is not a SELECT, a syntax error, an
+    unknown table or column, or a file outside ``<data_dir>/tables``; the tables are never written.
+    """
+    con = read_only_connection(data_dir)
+    try:
+        try:
+            statements = con.extract_statements(sql)
+        except duckdb.Error as e:
+            raise QueryError(_one_line(e)) from None
+        if not statements:
+            raise QueryError("empty query: give one SELECT statement")
+        for st in statements:
+            kind = str(st.type).rsplit(".", 1)[-1]
+            if kind not in READ_ONLY_STATEMENTS:
+                raise QueryError(
+                    f"refused: {kind} statement {_short(st.query)!r}; the query path is read-only and runs only SELECT "
+                    "(select / with / from / describe / show / summarize)"
+                )
+        try:
+            for st in statements[:-1]:
+                con.execute(st)
+            return con.execute(statements[-1]).df()
+        except duckdb.Error as e:
+            raise QueryError(_one_line(e)) from None
     finally:
         con.close()
+
+
+def _one_line(err: BaseException) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    text = lines[0] if lines else type(err).__name__
+    hint = next((ln for ln in lines[1:] if ln.lower().startswith("did you mean")), None)
+    return f"{text} ({hint})" if hint else text
+
+
+def _short(sql: str, n: int = 60) -> str:
+    sql = " ".join(sql.split())
+    return sql if len(sql) <= n else sql[: n - 3] + "..."
 
 
 if __name__ == "__main__":  # pragma: no cover - tiny CLI

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import Field
 from torch import nn
 
 from semid_pipeline.core.device import autocast_dtype, configure_threads, resolve_device, seed_everything
+from semid_pipeline.core.params import StrictParams
 from semid_pipeline.core.progress import ProgressFn, Throttle
 
 
@@ -68,7 +69,7 @@ def optimizer_step(
 # ---------------------------------------------------------------------------------------------
 
 
-class OptimParams(BaseModel):
+class OptimParams(StrictParams):
     """Optimisation, model-selection and runtime knobs shared by every trainer.
 
     Each trainer's Params class subclasses this one (overriding defaults where its paper differs)

@@ -18,7 +18,10 @@ Choices where the formats are ambiguous:
   (the 2014 and P5 layouts) are skipped unparsed when the item has no interactions, so damage on
   such lines goes unreported. The first metadata line of an item wins over later duplicates.
   Items with interactions but no metadata get ``title=""`` and no categories; their count is
-  logged as a warning.
+  logged as a warning (``semid_count`` ``items_without_metadata``, which the ingestion asset shows
+  in the Dagster log and its metadata), and above ``max_missing_metadata`` (default half the items;
+  an empty or unrelated metadata file) loading fails naming the metadata file. Duplicate metadata
+  lines are counted the same way (``duplicate_metadata_lines``).
 * Category path: the 2014/P5 metadata give several root-first paths per item, the 2018 metadata
   one. The path kept is the longest of those under the dataset's main store (the root most items
   have a path under), the first among equally long ones; when an item has no path under the main
@@ -49,10 +52,11 @@ from typing import Callable, Iterator, Literal, Optional, Sequence
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from semid_pipeline.core.data.schema import ITEM_COLUMNS, RawDataset
 from semid_pipeline.core.errors import InputError
+from semid_pipeline.core.params import StrictParams
 from semid_pipeline.core.progress import ProgressFn, Throttle
 
 _log = logging.getLogger(__name__)
@@ -90,8 +94,24 @@ def _lines(path: Path, progress: Optional[ProgressFn]) -> Iterator[tuple[int, by
                 if line_no % _PROGRESS_EVERY == 0:
                     throttle(f"{path.name}: read {line_no:,} lines")
     except (OSError, EOFError, zlib.error) as err:
-        raise InputError(path, line_no + 1, f"cannot read the file: {err}") from err
+        # the 1 MiB read-ahead fails before the lines it holds are yielded: find the line the damage is in
+        bad_line = _first_unreadable_line(path) if compressed else line_no + 1
+        raise InputError(path, bad_line, f"cannot read the file: {err}") from err
     throttle(f"{path.name}: read {line_no:,} lines", force=True)
+
+
+def _first_unreadable_line(path: Path) -> int:
+    """1-based number of the line a damaged gzip file breaks in (lines before it decompress fully)."""
+    complete = 0
+    try:
+        with gzip.open(path, "rb") as fh:
+            for raw in fh:
+                if not raw.endswith(b"\n"):
+                    break
+                complete += 1
+    except (OSError, EOFError, zlib.error):
+        pass
+    return complete + 1
 
 
 def _decode(path: Path, line_no: int, raw: bytes) -> str:
@@ -106,6 +126,8 @@ def _json_object(path: Path, line_no: int, raw: bytes) -> dict:
         obj = json.loads(_decode(path, line_no, raw))
     except json.JSONDecodeError as err:
         raise InputError(path, line_no, f"not valid JSON: {err.msg} at column {err.colno}") from err
+    except RecursionError:
+        raise InputError(path, line_no, "JSON nested too deeply to be an item record") from None
     if not isinstance(obj, dict):
         raise InputError(path, line_no, f"expected a JSON object, got {type(obj).__name__}")
     return obj
@@ -116,6 +138,8 @@ def _literal_object(path: Path, line_no: int, raw: bytes) -> dict:
     text = _decode(path, line_no, raw)
     try:
         obj = json.loads(text)
+    except RecursionError:
+        raise InputError(path, line_no, "nested too deeply to be an item record") from None
     except json.JSONDecodeError:
         try:
             obj = ast.literal_eval(text.strip())
@@ -221,7 +245,8 @@ def _read_meta(
             continue
         found[record[0]] = record
     if duplicates:
-        _log.warning("%s: %d duplicate metadata lines ignored (the first line of each item kept)", path, duplicates)
+        _log.warning("%s: %d duplicate metadata lines ignored (the first line of each item kept)", path, duplicates,
+                     extra={"semid_count": {"duplicate_metadata_lines": duplicates}})
     return found
 
 
@@ -233,17 +258,35 @@ def _choose_path(paths: list[list[str]], main_root: Optional[str]) -> list[str]:
     return max(candidates, key=len)[1:] if candidates else []
 
 
-def _items_frame(item_ids: Sequence[str], meta: dict[str, _MetaRecord], source: Path) -> pd.DataFrame:
-    """One row per item id (sorted), metadata filled in, placeholders for items without any."""
+MAX_MISSING_METADATA = 0.5
+"""Default largest share of items with interactions but no metadata line before loading fails."""
+
+
+def _items_frame(item_ids: Sequence[str], meta: dict[str, _MetaRecord], source: Path,
+                 max_missing: float = MAX_MISSING_METADATA) -> pd.DataFrame:
+    """One row per item id (sorted), metadata filled in, placeholders for items without any.
+
+    More than ``max_missing`` of the items without metadata (an empty, truncated or unrelated
+    metadata file) is an ``InputError`` naming the file; fewer are logged and counted.
+    """
     roots = Counter(root for rec in meta.values() for root in {p[0] for p in rec[3] if p})
     main_root = roots.most_common(1)[0][0] if roots else None
     missing = [i for i in item_ids if i not in meta]
+    if item_ids and len(missing) / len(item_ids) > max_missing:
+        raise InputError(
+            source, None,
+            f"{len(missing):,} of {len(item_ids):,} items with interactions have no metadata line here (e.g. "
+            f"{missing[0]!r}), more than max_missing_metadata = {max_missing:g}: empty, truncated or another "
+            "category's file?",
+        )
     if missing:
         _log.warning(
-            "%s: %d of %d items with interactions have no metadata; they get an empty title and no categories",
+            "%s: %d of %d items with interactions have no metadata (e.g. %r); they get an empty title and no categories",
             source,
             len(missing),
             len(item_ids),
+            missing[0],
+            extra={"semid_count": {"items_without_metadata": len(missing)}},
         )
     rows = [
         (i, rec[1], rec[2], _choose_path(rec[3], main_root), rec[4], rec[5])
@@ -327,6 +370,7 @@ def load_p5_sequences(
     dir_or_files: PathLike | tuple[PathLike, PathLike],
     category: str = "Beauty",
     progress: Optional[ProgressFn] = None,
+    max_missing_metadata: float = MAX_MISSING_METADATA,
 ) -> RawDataset:
     """Reads the P5 / S3-Rec layout.
 
@@ -342,28 +386,30 @@ def load_p5_sequences(
     interactions = _read_sequences(seq_path, progress)
     item_ids = sorted(interactions["item_id"].unique())
     meta = _read_meta(meta_path, set(item_ids), _json_object, _meta_2014, progress)
-    return RawDataset(_items_frame(item_ids, meta, meta_path), interactions)
+    return RawDataset(_items_frame(item_ids, meta, meta_path, max_missing_metadata), interactions)
 
 
-def load_amazon_2014(reviews_path: PathLike, meta_path: PathLike, progress: Optional[ProgressFn] = None) -> RawDataset:
+def load_amazon_2014(reviews_path: PathLike, meta_path: PathLike, progress: Optional[ProgressFn] = None,
+                     max_missing_metadata: float = MAX_MISSING_METADATA) -> RawDataset:
     """Reads a 2014-release category: review JSON lines plus Python-literal metadata lines."""
     reviews_path, meta_path = Path(reviews_path), Path(meta_path)
     interactions = _read_reviews(reviews_path, progress)
     item_ids = sorted(interactions["item_id"].unique())
     meta = _read_meta(meta_path, set(item_ids), _literal_object, _meta_2014, progress)
-    return RawDataset(_items_frame(item_ids, meta, meta_path), interactions)
+    return RawDataset(_items_frame(item_ids, meta, meta_path, max_missing_metadata), interactions)
 
 
-def load_amazon_2018(reviews_path: PathLike, meta_path: PathLike, progress: Optional[ProgressFn] = None) -> RawDataset:
+def load_amazon_2018(reviews_path: PathLike, meta_path: PathLike, progress: Optional[ProgressFn] = None,
+                     max_missing_metadata: float = MAX_MISSING_METADATA) -> RawDataset:
     """Reads a 2018-release category: review and metadata JSON lines."""
     reviews_path, meta_path = Path(reviews_path), Path(meta_path)
     interactions = _read_reviews(reviews_path, progress)
     item_ids = sorted(interactions["item_id"].unique())
     meta = _read_meta(meta_path, set(item_ids), _json_object, _meta_2018, progress)
-    return RawDataset(_items_frame(item_ids, meta, meta_path), interactions)
+    return RawDataset(_items_frame(item_ids, meta, meta_path, max_missing_metadata), interactions)
 
 
-class AmazonParams(BaseModel):
+class AmazonParams(StrictParams):
     """Which Amazon release and category to load, and from where."""
 
     format: Literal["p5", "2014", "2018"] = Field(
@@ -383,6 +429,10 @@ class AmazonParams(BaseModel):
         None,
         description="Metadata file name (relative to root) overriding the default: "
         "'meta_<cat>.jsonl' (p5), 'meta_<cat>.json.gz' (2014, 2018).",
+    )
+    max_missing_metadata: float = Field(
+        MAX_MISSING_METADATA, ge=0, le=1,
+        description="Largest share of items with interactions but no metadata line (untitled) before loading fails.",
     )
 
     def resolved_paths(self) -> tuple[Path, Path]:
@@ -410,6 +460,6 @@ def load_amazon(params: AmazonParams, progress: Optional[ProgressFn] = None) -> 
     """Loads the files ``params`` points at with the loader for ``params.format``."""
     reviews, meta = params.resolved_paths()
     if params.format == "p5":
-        return load_p5_sequences((reviews, meta), progress=progress)
+        return load_p5_sequences((reviews, meta), progress=progress, max_missing_metadata=params.max_missing_metadata)
     loader = load_amazon_2014 if params.format == "2014" else load_amazon_2018
-    return loader(reviews, meta, progress=progress)
+    return loader(reviews, meta, progress=progress, max_missing_metadata=params.max_missing_metadata)

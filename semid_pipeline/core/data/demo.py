@@ -32,9 +32,10 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, model_validator
 
 from semid_pipeline.core.data.schema import ITEM_COLUMNS, RawDataset
+from semid_pipeline.core.params import StrictParams
 
 # ---------------------------------------------------------------------------------------------
 # the embedded catalog vocabulary
@@ -221,7 +222,7 @@ _RATING_P = (0.06, 0.05, 0.09, 0.20, 0.60)  # 1..5 stars, the Amazon review skew
 _DRAW_ATTEMPTS = 20  # redraws of the interest process before a repeated item is replaced at random
 
 
-class DemoParams(BaseModel):
+class DemoParams(StrictParams):
     """Size and behaviour of the synthetic demo shop."""
 
     seed: int = Field(0, description="Random seed; the same seed gives the same dataset.")
@@ -547,7 +548,7 @@ def generate_demo(params: DemoParams) -> RawDataset:
 # search queries with graded relevance (the retrieval task; same schema as ESCI after loading)
 
 
-class DemoQueryParams(BaseModel):
+class DemoQueryParams(StrictParams):
     """Search queries over the demo catalog, judged E/S/C/I like ESCI (see :func:`generate_demo_queries`)."""
 
     n_queries: int = Field(1500, ge=1, description="Distinct queries to generate (duplicates of a text are merged).")

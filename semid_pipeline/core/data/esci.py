@@ -43,11 +43,12 @@ from typing import Literal, Optional
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from semid_pipeline.core.data.schema import ITEM_COLUMNS, RawDataset
 from semid_pipeline.core.errors import InputError
 from semid_pipeline.core.io_utils import read_any_table
+from semid_pipeline.core.params import StrictParams
 
 _log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ PRODUCT_COLUMNS = ("product_id", "product_title")
 QUERY_COLUMNS = ("query_id", "query", "item_id", "esci_label", "split")
 
 
-class EsciParams(BaseModel):
+class EsciParams(StrictParams):
     """Where the ESCI files are and how CAT-ID2 preprocesses them."""
 
     root: str = Field(description="Folder holding the two official Parquet files.")
@@ -196,7 +197,8 @@ def prepare_examples(examples: pd.DataFrame, products: pd.DataFrame, params: Esc
         if params.missing_products == "error":
             raise InputError(source, None, f"{int(absent.sum())} examples refer to products missing from the products file, "
                                            f"e.g. {example!r} (set missing_products='drop' to skip them)")
-        _log.warning("%s: dropping %d examples whose product is missing, e.g. %r", source, int(absent.sum()), example)
+        _log.warning("%s: dropping %d examples whose product is missing, e.g. %r", source, int(absent.sum()), example,
+                     extra={"semid_count": {"examples_without_product": int(absent.sum())}})
         examples = examples[~absent]
     items = products.copy()
     if categories is not None:

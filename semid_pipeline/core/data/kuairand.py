@@ -46,10 +46,11 @@ from typing import Literal, Optional
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from semid_pipeline.core.data.schema import ITEM_COLUMNS, RawDataset
 from semid_pipeline.core.errors import InputError
+from semid_pipeline.core.params import StrictParams
 
 _log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ MIN_MS = 10**11  # 1973-03-03 in milliseconds: a smaller time_ms is a time in se
 _CHUNK_ROWS = 2_000_000
 
 
-class KuaiRandParams(BaseModel):
+class KuaiRandParams(StrictParams):
     """Which KuaiRand files to read and what counts as a positive interaction."""
 
     root: str = Field(description="Folder holding the official KuaiRand CSV files.")
@@ -101,7 +102,12 @@ def _separator(path: Path) -> str:
 
 
 def _header(path: Path, sep: str) -> list[str]:
-    return [c.strip() for c in pd.read_csv(path, sep=sep, nrows=0).columns]
+    try:
+        return [c.strip() for c in pd.read_csv(path, sep=sep, nrows=0).columns]
+    except pd.errors.EmptyDataError:
+        raise InputError(path, 1, "empty file: no header line (a KuaiRand CSV starts with its column names)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise InputError(path, 1, f"unreadable CSV header ({type(e).__name__}: {str(e).splitlines()[0]})") from None
 
 
 def _numeric(chunk: pd.DataFrame, col: str, path: Path, first_line: int) -> np.ndarray:
@@ -111,6 +117,14 @@ def _numeric(chunk: pd.DataFrame, col: str, path: Path, first_line: int) -> np.n
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise InputError(path, first_line + row, f"{col} must be numeric, got {chunk[col].iloc[row]!r}")
     return values.to_numpy(dtype=np.float64)
+
+
+def _csv_chunks(path: Path, sep: str, use: list[str]):
+    """``pd.read_csv`` in chunks; a malformed row or undecodable bytes become an ``InputError`` naming the file."""
+    try:
+        yield from pd.read_csv(path, sep=sep, usecols=use, chunksize=_CHUNK_ROWS, dtype=str)
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise InputError(path, None, f"malformed CSV ({type(e).__name__}: {str(e).splitlines()[0]})") from None
 
 
 def _read_log(path: Path, params: KuaiRandParams) -> pd.DataFrame:
@@ -128,7 +142,7 @@ def _read_log(path: Path, params: KuaiRandParams) -> pd.DataFrame:
     use = list(dict.fromkeys(need + (["duration_ms"] if "duration_ms" in header else [])))
     parts = []
     line = 2  # 1-based file line of the chunk's first row (line 1 is the header)
-    for chunk in pd.read_csv(path, sep=sep, usecols=use, chunksize=_CHUNK_ROWS, dtype=str):
+    for chunk in _csv_chunks(path, sep, use):
         chunk.columns = [c.strip() for c in chunk.columns]
         for col in ("user_id", "video_id", "time_ms"):
             if chunk[col].isna().any():

@@ -23,10 +23,11 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from semid_pipeline.core.data.schema import RawDataset, validate_raw
 from semid_pipeline.core.errors import InputError
+from semid_pipeline.core.params import StrictParams
 
 _log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ _STR = pd.StringDtype(na_value=np.nan)
 PLACEHOLDER_BRANDS = frozenset({"unknown", "n/a", "na", "none", "null", "-"})
 
 
-class PreprocessParams(BaseModel):
+class PreprocessParams(StrictParams):
     """Filtering and shaping of the prepared tables."""
 
     k_core_user: int = Field(

@@ -39,9 +39,10 @@ from urllib.request import url2pathname
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from semid_pipeline.core.enrich.llm import LLMClient, LLMError
+from semid_pipeline.core.params import StrictParams
 from semid_pipeline.core.progress import ProgressFn
 
 DEFAULT_PROMPT = (
@@ -58,7 +59,7 @@ _MAGIC = (
 )
 
 
-class CaptionParams(BaseModel):
+class CaptionParams(StrictParams):
     """Image captioning with a vision-language model (off by default)."""
 
     backend: Literal["none", "openai"] = Field(

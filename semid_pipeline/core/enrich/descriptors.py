@@ -33,6 +33,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from semid_pipeline.core.enrich.llm import InvalidAnswerError, LLMClient, LLMError
+from semid_pipeline.core.params import StrictParams
 from semid_pipeline.core.progress import ProgressFn
 
 DCIM_PROMPT = (
@@ -52,7 +53,7 @@ QARM_PROMPT = (
 DESCRIPTOR_STATUSES = ("ok", "skipped_backend_none", "invalid_answer", "model_error", "empty")
 
 
-class DescriptorParams(BaseModel):
+class DescriptorParams(StrictParams):
     """DCIM intent-descriptor mining (off by default)."""
 
     backend: Literal["none", "openai"] = Field(
@@ -65,7 +66,7 @@ class DescriptorParams(BaseModel):
     prompt: str = Field(DCIM_PROMPT, description="Template with {item_text} and {max_descriptors}.")
 
 
-class QualityParams(BaseModel):
+class QualityParams(StrictParams):
     """QARM binary quality labelling of descriptors (off by default)."""
 
     backend: Literal["none", "openai"] = Field(

@@ -27,14 +27,15 @@ from typing import Any, Dict, NamedTuple, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
+from pydantic import Field
 from torch import Tensor, nn
 
 from semid_pipeline.core.artifacts import Artifact, register_artifact
+from semid_pipeline.core.params import StrictParams
 from semid_pipeline.core.progress import ProgressFn, Throttle
 
 
-class FusionParams(BaseModel):
+class FusionParams(StrictParams):
     """Learned CMSA projection of image features fused with the text embedding."""
 
     out_dim: Optional[int] = Field(None, ge=2, description="Fused width (RQ-VAE input); None = the text width.")

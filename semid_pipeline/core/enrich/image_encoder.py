@@ -28,10 +28,11 @@ from typing import Any, Literal, Optional
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from semid_pipeline.core.device import resolve_device
 from semid_pipeline.core.enrich.captions import ImageError, fetch_image
+from semid_pipeline.core.params import StrictParams
 from semid_pipeline.core.progress import ProgressFn, Throttle
 
 IMAGE_STATUSES = ("ok", "no_image", "skipped_backend_none", "image_error")
@@ -41,7 +42,7 @@ _MODELS: dict[tuple[str, str, str], Any] = {}
 _LOCK = threading.Lock()
 
 
-class ImageEncoderParams(BaseModel):
+class ImageEncoderParams(StrictParams):
     """Which image encoder embeds item images (off by default)."""
 
     backend: Literal["none", "efficientnet-lite0", "sentence-transformers"] = Field(

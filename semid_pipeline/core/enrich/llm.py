@@ -10,6 +10,13 @@ Choices made here:
   honoured when longer, capped at 60 s). Other 4xx fail at once. When retries run out an
   ``LLMError`` is raised: a dead server stops the run instead of silently degrading every answer;
   the cache keeps everything answered so far, so a rerun resumes where it stopped.
+- Circuit breaker: once one request has exhausted its retries, the client is *open*: no request
+  starts, no retry is sent, and threads sleeping in a backoff wake up and fail at once. A stage whose
+  server accepts connections and never answers therefore fails within a bounded time: the first
+  request's ``(max_retries + 1) * timeout_s`` plus its backoffs, plus at most one ``timeout_s`` for
+  requests already in flight (with the defaults, 60 s and 4 retries: 300 s + at most 22.5 s of backoff +
+  60 s, about 6.5 minutes at most; before, a worker thread picked up the next prompt and ran its
+  full retries too).
 - Structured output uses ``response_format={"type": "json_schema", ..., "strict": True}``; servers
   that reject that dialect with a 400/422/500 naming it (llama-cpp-python's server takes ``{"type": "json_object",
   "schema": ...}``) are re-asked in the other dialect once and spoken to in it from then on
@@ -19,8 +26,9 @@ Choices made here:
 - An answer that fails pydantic validation (e.g. a tag outside the candidate enum) is retried
   ``invalid_answer_retries`` times inside the same conversation, quoting the bad answer and the
   validation error; after that ``InvalidAnswerError`` is raised (``choose`` turns it into ``None``).
-- The cache stores validated answers only, keyed by sha256(model + canonical JSON of the original
-  messages + canonical JSON of the schema). Each answer is inserted (autocommit) as soon as it is
+- The cache stores validated answers only, keyed by sha256(base URL + model + canonical JSON of the
+  original messages + canonical JSON of the schema): another server with the same model name is
+  asked afresh, never served the first server's answers. Each answer is inserted (autocommit) as soon as it is
   validated, so a crash loses nothing already answered. Invalid answers are not cached: a rerun
   (perhaps with a better model) asks again. DuckDB allows one writer process per file, so two
   processes must not share one ``cache_path`` at the same time.
@@ -47,6 +55,7 @@ from urllib.parse import urlparse
 import openai
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from semid_pipeline.core.params import StrictParams
 from semid_pipeline.core.progress import ProgressFn, Throttle
 
 T = TypeVar("T")
@@ -61,7 +70,7 @@ _SYSTEM_PROMPT = "You are a precise classification assistant. Answer with a JSON
 Message = dict[str, Any]
 
 
-class LLMParams(BaseModel):
+class LLMParams(StrictParams):
     """Where the chat model lives and how hard to try."""
 
     base_url: str = Field("http://127.0.0.1:8080/v1", description="OpenAI-compatible API root (ends in /v1).")
@@ -257,6 +266,8 @@ class LLMClient:
         # bounds requests in flight over every thread using this client (map() or callers' own threads)
         self._in_flight = threading.BoundedSemaphore(self.params.max_concurrency)
         self._rng = random.Random()
+        self._open: Optional[LLMError] = None  # the circuit breaker: set once a request exhausted its retries
+        self._opened = threading.Event()
 
     def __repr__(self) -> str:
         return (
@@ -318,6 +329,7 @@ class LLMClient:
         attempts = self.params.max_retries + 1
         attempt = 0
         while True:
+            self._check_circuit()
             start = time.monotonic()
             try:
                 with self._in_flight:
@@ -330,11 +342,12 @@ class LLMClient:
                     extra["response_format"] = self._styled(response_format)
                     continue
                 if attempt + 1 == attempts:
-                    raise LLMError(
-                        f"{self.params.base_url}: {type(err).__name__} after {attempts} attempts: {err}"
-                    ) from err
+                    failure = LLMError(f"{self.params.base_url}: {type(err).__name__} after {attempts} attempts: {err}")
+                    self._trip(failure)
+                    raise failure from err
+                self._check_circuit()
                 self._count(retries=1)
-                time.sleep(self._backoff(attempt, err))
+                self._opened.wait(self._backoff(attempt, err))  # a backoff ends early when the circuit opens
                 attempt += 1
                 continue
             except openai.APIStatusError as err:
@@ -353,6 +366,17 @@ class LLMClient:
             if not resp.choices:
                 raise LLMError(f"{self.params.base_url}: response without choices")
             return resp.choices[0].message.content or ""
+
+    def _trip(self, failure: "LLMError") -> None:
+        """Opens the circuit: every later request or retry of this client fails at once."""
+        with self._stats_lock:
+            if self._open is None:
+                self._open = failure
+        self._opened.set()
+
+    def _check_circuit(self) -> None:
+        if self._open is not None:
+            raise LLMError(f"{self.params.base_url}: not sent, an earlier request already failed ({self._open})")
 
     def _switch_dialect(self, err: Exception) -> bool:
         """Switches json_schema -> json_object once when the server rejected the response_format."""
@@ -377,7 +401,8 @@ class LLMClient:
 
     def _cache_key(self, messages: list[Message], schema: Optional[dict[str, Any]]) -> tuple[str, str]:
         prompt = canonical_json(messages)
-        key = _sha256(f"{self.params.model}\n{prompt}\n{canonical_json(schema)}")
+        server = self.params.base_url.rstrip("/")
+        key = _sha256(f"{server}\n{self.params.model}\n{prompt}\n{canonical_json(schema)}")
         return key, _sha256(prompt)
 
     def _cache_get(self, key: str) -> Optional[str]:

@@ -25,7 +25,9 @@ Choices made where the paper is vague:
 - Figure 5 asks the LLM for the tag "in plain text"; here it is asked for JSON ``{"tag": ...}`` with
   the candidates as an enum (appendix B: "formatted in JSON for structured output parsing"). A
   plain-text reply is still accepted (see ``llm.parse_answer``). An answer that is not a candidate
-  is re-asked once, then the top retrieved candidate is used and counted in ``stats["fallbacks"]``.
+  is re-asked once, then the top retrieved candidate is used, counted in ``stats["fallbacks"]``
+  and labelled ``tag_source='retrieval_fallback'``; above ``max_fallback_share`` of the decisions
+  the stage fails (``FallbackError``).
 """
 
 
@@ -40,11 +42,12 @@ from typing import Any, Literal, Optional, Sequence
 import faiss
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from semid_pipeline.core.enrich.llm import LLMClient
 from semid_pipeline.core.enrich.text_encoder import TextEncoder, unit_rows
 from semid_pipeline.core.errors import InputError
+from semid_pipeline.core.params import StrictParams
 from semid_pipeline.core.progress import ProgressFn, Throttle
 
 SEP = " > "
@@ -57,7 +60,7 @@ FIGURE5_TEMPLATE = (
 )
 
 
-class TagParams(BaseModel):
+class TagParams(StrictParams):
     """Retrieve-then-classify tag generation (HiD-VAE section 3.4)."""
 
     depth: int = Field(3, ge=1, description="Number of tag levels L to generate (root first).")
@@ -82,6 +85,11 @@ class TagParams(BaseModel):
         "true_when_available",
         description="item_tags.tag_path: the item's true category path when it has one, else the generated "
         "path; or always the generated path.",
+    )
+    max_fallback_share: float = Field(
+        0.5, ge=0, le=1,
+        description="The stage fails when more than this share of the classifier's decisions fell back to the top "
+        "retrieved candidate (an LLM answering prose or outside the candidates); 1 never fails.",
     )
 
 
@@ -292,6 +300,14 @@ class TagRequest:
     scores: list[float]
 
 
+FALLBACK_SOURCE = "retrieval_fallback"
+"""``item_tags.tag_source`` of a generated path where the classifier could not decide at some level."""
+
+
+class FallbackError(RuntimeError):
+    """Too many of the tag classifier's decisions fell back to retrieval (see ``TagParams.max_fallback_share``)."""
+
+
 class TagClassifier(ABC):
     """Picks one candidate per request."""
 
@@ -451,7 +467,8 @@ def generate_tags(
     chosen = np.full((n, n_levels), -1, dtype=np.int64)
     candidates: list[list[list[str]]] = [[] for _ in range(n)]
     scores: list[list[float]] = [[] for _ in range(n)]
-    fallbacks = 0
+    fell_back = np.zeros(n, dtype=bool)
+    fallbacks = decisions = 0
     for level in range(n_levels):
         alive = np.arange(n) if level == 0 else np.flatnonzero(chosen[:, level - 1] >= 0)
         if len(alive) == 0:
@@ -475,8 +492,10 @@ def generate_tags(
         ]
         picks = classifier.classify(requests, progress)
         for (item, cand, sim), pick in zip(batch, picks):
+            decisions += 1
             if pick is None:
                 fallbacks += 1
+                fell_back[item] = True
                 pick = 0
             chosen[item, level] = cand[pick]
             candidates[item].append([tags[c].key for c in cand])
@@ -489,12 +508,15 @@ def generate_tags(
         "n_items": n,
         "levels": n_levels,
         "fallbacks": fallbacks,
+        "decisions": decisions,
+        "fallback_share": round(fallbacks / decisions, 6) if decisions else 0.0,
+        "items_with_fallback": int(fell_back.sum()),
         "ended_early": int(sum(len(p) < n_levels for p in paths)),
         "llm_calls": after["llm_calls"] - before["llm_calls"],
         "cache_hits": after["cache_hits"] - before["cache_hits"],
         "seconds": round(time.monotonic() - start, 3),
     }
-    frame = pd.DataFrame({"generated_path": paths, "candidates": candidates, "scores": scores})
+    frame = pd.DataFrame({"generated_path": paths, "candidates": candidates, "scores": scores, "fell_back": fell_back})
     report(f"tags: {n} items tagged in {stats['seconds']:.1f}s ({fallbacks} fallbacks)", force=True)
     return frame, stats
 
@@ -531,24 +553,36 @@ def tag_items(
 
     ``true_path`` is the item's ``category_path`` cut to ``depth`` (None when empty or absent);
     ``tag_path`` follows ``params.tag_path_source`` and ``tag_source`` says where it came from
-    (``'true'`` or the classifier's name). Stats add ``accuracy`` (per level, against the true paths,
-    see ``tag_accuracy``) when any item has a true path.
+    (``'true'``, the classifier's name, or ``'retrieval_fallback'`` when the classifier could not
+    decide at some level and the top retrieved candidate was used). Stats add ``accuracy`` (per
+    level, against the true paths, see ``tag_accuracy``) when any item has a true path.
+
+    Raises :class:`FallbackError` when more than ``params.max_fallback_share`` of the classifier's
+    decisions fell back (an LLM that answers prose): the stage fails instead of a green run whose
+    tags are retrieval's; answers already cached stay cached.
     """
     params = params or TagParams()
     classifier = classifier or make_classifier(params)
     texts = tagging_texts(items, params.hide_true_tags, params.max_text_chars)
     generated, stats = generate_tags(texts, pool, encoder, params, classifier, progress)
+    if stats["decisions"] and stats["fallback_share"] > params.max_fallback_share:
+        raise FallbackError(
+            f"tag classifier {classifier.name!r}: {stats['fallbacks']:,} of {stats['decisions']:,} decisions "
+            f"({stats['fallback_share']:.0%}, {stats['items_with_fallback']:,} items) fell back to the top retrieved "
+            f"candidate, above max_fallback_share = {params.max_fallback_share:g}: the model answers outside the "
+            "candidate list (prose?); check the model / endpoint or raise max_fallback_share"
+        )
     raw_true = items["category_path"].tolist() if "category_path" in items.columns else [None] * len(items)
     true_paths = [(_as_path(p)[: params.depth] or None) for p in raw_true]
     use_true = params.tag_path_source == "true_when_available"
     tag_paths, sources = [], []
-    for true, gen in zip(true_paths, generated["generated_path"]):
+    for true, gen, fell in zip(true_paths, generated["generated_path"], generated["fell_back"]):
         if use_true and true is not None:
             tag_paths.append(true)
             sources.append("true")
         else:
             tag_paths.append(gen)
-            sources.append(classifier.name)
+            sources.append(FALLBACK_SOURCE if fell else classifier.name)
     table = pd.DataFrame(
         {
             "item_idx": items["item_idx"].to_numpy(dtype=np.int64),

@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Optional
 
 import faiss
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from semid_pipeline.core.device import resolve_device
+from semid_pipeline.core.params import StrictParams
 from semid_pipeline.core.progress import ProgressFn, Throttle
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ _MODELS: dict[tuple[str, str], "SentenceTransformer"] = {}
 _MODELS_LOCK = threading.Lock()
 
 
-class TextEncoderParams(BaseModel):
+class TextEncoderParams(StrictParams):
     """Which sentence encoder embeds item texts and tags, and how."""
 
     model: str = Field(

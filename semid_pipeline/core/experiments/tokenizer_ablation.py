@@ -14,21 +14,23 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from semid_pipeline.core.frames import split_inputs
 from semid_pipeline.core.metrics import evaluate_topk
+from semid_pipeline.core.params import StrictParams, check_limit
 from semid_pipeline.core.progress import ProgressFn
+from semid_pipeline.core.recommendations import check_top_k
 from semid_pipeline.core.recommender.model import RecommenderParams
 from semid_pipeline.core.recommender.train import TrainParams, recommend, train_recommender
 from semid_pipeline.core.recommender.trie import SIDTrie
-from semid_pipeline.core.tokenizers.base import TokenizerParams, train_tokenizer
+from semid_pipeline.core.tokenizers.base import CODEBOOK_LIMIT, TokenizerParams, train_tokenizer
 from semid_pipeline.core.tokenizers.collisions import collision_rate, resolve_collisions
 from semid_pipeline.core.tokenizers.quality import tokenizer_quality
 from semid_pipeline.core.tokenizers.variants import VARIANTS
 
 
-class AblationParams(BaseModel):
+class AblationParams(StrictParams):
     """Which variants, and the shared settings every variant gets."""
 
     variants: List[str] = Field(default=list(VARIANTS), description=f"Variant names from core/tokenizers/variants.py: {list(VARIANTS)}.")
@@ -57,6 +59,8 @@ def run_tokenizer_ablation(
     unknown = [v for v in params.variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown tokenizer variants {unknown}; known: {list(VARIANTS)}")
+    check_top_k(params.top_k, len(embeddings), beam_size=params.beam_size)  # before any variant trains
+    check_limit("codebook_size", tokenizer_params.codebook_size, high=len(embeddings), high_reason=CODEBOOK_LIMIT)
     say = progress or (lambda _m: None)
     valid_hist, valid_target = split_inputs(user_sequences, "valid")
     test_hist, test_target = split_inputs(user_sequences, "test")

@@ -55,10 +55,11 @@ from typing import Any, Dict, List, Literal, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
+from pydantic import Field
 from torch import nn
 
 from semid_pipeline.core.artifacts import Artifact, register_artifact
+from semid_pipeline.core.params import StrictParams
 from semid_pipeline.core.recommender.hierarchy import LevelTags
 from semid_pipeline.core.recommender.data import IGNORE_LABEL, PAD_ITEM, USER_ITEM, SIDBatch
 from semid_pipeline.core.recommender.vocab import N_SPECIAL, SIDVocab
@@ -66,7 +67,7 @@ from semid_pipeline.core.recommender.vocab import N_SPECIAL, SIDVocab
 KV = Tuple[torch.Tensor, torch.Tensor]
 
 
-class RecommenderParams(BaseModel):
+class RecommenderParams(StrictParams):
     """Architecture of the generative recommender; defaults are TIGER's (Rajput et al. 2023)."""
 
     d_model: int = Field(128, ge=1, description="Width of token embeddings and of the residual stream.")

@@ -15,12 +15,14 @@ from typing import Sequence, Tuple
 
 import numpy as np
 import scipy.sparse as sp
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from semid_pipeline.core.params import StrictParams
 
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 
 
-class BM25Params(BaseModel):
+class BM25Params(StrictParams):
     k1: float = Field(1.2, ge=0, description="Term-frequency saturation.")
     b: float = Field(0.75, ge=0, le=1, description="Document-length normalisation.")
     batch_size: int = Field(256, ge=1, description="Queries scored per sparse product (bounds memory: docs x batch floats).")

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from semid_pipeline.core.artifacts import Artifact, register_artifact
 from semid_pipeline.core.device import configure_threads
+from semid_pipeline.core.params import check_limit
 from semid_pipeline.core.progress import ProgressFn
 from semid_pipeline.core.tokenizers.rqkmeans import RQKMeans, RQKMeansParams, fit_rqkmeans
 from semid_pipeline.core.tokenizers.kmeans import check_embeddings
@@ -225,6 +226,9 @@ def _sub(params: TokenizerParams, cls):
     return cls(**{k: getattr(params, k) for k in cls.model_fields if hasattr(params, k)})
 
 
+CODEBOOK_LIMIT = "the number of items to tokenize (each level cannot use more codes than there are items)"
+
+
 def train_tokenizer(
     embeddings: np.ndarray,
     params: TokenizerParams,
@@ -242,6 +246,7 @@ def train_tokenizer(
     """
     x = check_embeddings(embeddings)
     n = x.shape[0]
+    check_limit("codebook_size", params.codebook_size, high=n, high_reason=CODEBOOK_LIMIT)
     faiss.omp_set_num_threads(configure_threads(None))  # SEMID_NUM_THREADS for torch and faiss alike
     sup = _sub(params, SupervisionParams)
     vocab = build_tag_vocab(tag_paths, params.tag_levels, params.min_tag_items) if tag_paths is not None else None

@@ -15,15 +15,16 @@ from typing import Any, Dict, List, NamedTuple, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
+from pydantic import Field
 from torch import Tensor
 
 from semid_pipeline.core.artifacts import Artifact, register_artifact
+from semid_pipeline.core.params import StrictParams
 from semid_pipeline.core.progress import ProgressFn, Throttle
 from semid_pipeline.core.tokenizers.kmeans import check_embeddings, faiss_kmeans
 
 
-class RQKMeansParams(BaseModel):
+class RQKMeansParams(StrictParams):
     """Residual k-means settings (same code shape as the RQ-VAE: 3 levels x 256 codes)."""
 
     n_levels: int = Field(default=3, ge=1, description="Number L of residual levels (SID length before dedup).")

@@ -30,11 +30,12 @@ from typing import Any, Callable, Dict, List, Literal, NamedTuple, Optional, Tup
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
+from pydantic import Field
 from torch import Tensor, nn
 
 from semid_pipeline.core.artifacts import Artifact, register_artifact
 from semid_pipeline.core.device import resolve_device, seed_everything
+from semid_pipeline.core.params import StrictParams
 from semid_pipeline.core.progress import ProgressFn, Throttle
 from semid_pipeline.core.tokenizers.collisions import codebook_stats, collision_rate
 from semid_pipeline.core.tokenizers.kmeans import check_embeddings, faiss_kmeans
@@ -43,7 +44,7 @@ Activation = Literal["silu", "relu", "gelu"]
 _ACTIVATIONS: Dict[str, Callable[[], nn.Module]] = {"silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU}
 
 
-class RQVAEParams(BaseModel):
+class RQVAEParams(StrictParams):
     """Hyperparameters of the RQ-VAE tokenizer and its training loop.
 
     Architecture and loss defaults follow TIGER (hidden 512-256-128, latent 32, 3 levels x 256

@@ -52,13 +52,15 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
+from pydantic import Field
 from torch import Tensor, nn
+
+from semid_pipeline.core.params import StrictParams
 
 SEP = " > "
 
 
-class SupervisionParams(BaseModel):
+class SupervisionParams(StrictParams):
     """Switches and weights of the supervised losses (defaults: the papers' values, all terms off)."""
 
     tag_alignment: bool = Field(default=False, description="HiD-VAE eq. 5 contrastive tag alignment per level.")

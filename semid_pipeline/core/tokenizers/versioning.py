@@ -23,7 +23,6 @@ prints the versions and diffs from the Parquet table (the DuckDB view ``sid_vers
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Dict, List, Mapping
@@ -32,6 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from semid_pipeline.core.artifacts import content_hash
 from semid_pipeline.core.tokenizers.collisions import collision_rate
 
 SID_VERSION_COLUMNS: tuple[str, ...] = (
@@ -57,13 +57,7 @@ def tokenizer_version(config: Mapping[str, Any], tensors: Mapping[str, torch.Ten
     Pass ``model.artifact_config()`` and ``model.artifact_tensors()``; tensors are hashed on the
     CPU in their stored dtype, so a reloaded model hashes to the same id.
     """
-    h = hashlib.sha256()
-    h.update(json.dumps(dict(config), sort_keys=True, separators=(",", ":"), default=_json_default).encode())
-    for name in sorted(tensors):
-        t = tensors[name].detach().to("cpu").contiguous()
-        h.update(f"\n{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return "tok-" + h.hexdigest()[:16]
+    return "tok-" + content_hash(config, tensors)[:16]
 
 
 def model_version(model: Any) -> str:
@@ -236,6 +230,58 @@ def check_same_version(trained_on: str | None, current: str | None, what: str = 
         )
 
 
+def current_assignment_id(semantic_ids: pd.DataFrame) -> str | None:
+    """The assignment id of a ``semantic_ids`` table (as ``sid_versions`` names it), None when it records no tokenizer version."""
+    if "tokenizer_version" not in semantic_ids or not len(semantic_ids):
+        return None
+    return assignment_id(str(semantic_ids["tokenizer_version"].iloc[0]), semantic_ids["item_id"], semantic_ids["sid_str"])
+
+
+def check_same_assignment(
+    trained_on: str | None,
+    semantic_ids: pd.DataFrame,
+    history: pd.DataFrame | None,
+    what: str = "model",
+) -> None:
+    """Raises :class:`VersionMismatchError` unless every item the model was trained on still has its SID.
+
+    ``trained_on`` is the assignment id recorded when the model was trained; ``semantic_ids`` the
+    current table; ``history`` the ``sid_versions`` table (None when absent). The same assignment
+    passes; a later one passes only when ``history`` shows that it kept the SID of every item of the
+    trained-on assignment (a frozen re-tokenization that only added items). A moved or removed item,
+    or a trained-on assignment ``history`` has no record of, is refused: the same tokenizer version
+    is not enough (a full re-assignment after a lost previous table, or another collision strategy,
+    moves SIDs without changing the tokenizer).
+    """
+    current = current_assignment_id(semantic_ids)
+    if trained_on == current:
+        return
+    if trained_on is None:
+        raise VersionMismatchError(
+            f"{what} records no SID assignment (it was saved before assignments were recorded), so it cannot be shown "
+            f"to match the current semantic_ids ({current}); retrain it (materialize generative_recommender)."
+        )
+    if history is None or not (history["assignment_id"] == trained_on).any():
+        raise VersionMismatchError(
+            f"{what} was trained on SID assignment {trained_on!r}, the current semantic_ids are {current!r}, and "
+            "sid_versions has no record of the former, so unchanged SIDs cannot be shown; retrain it "
+            "(materialize generative_recommender)."
+        )
+    old = history.loc[history["assignment_id"] == trained_on, ["item_id", "sid_str"]]
+    now = semantic_ids.set_index(semantic_ids["item_id"].astype(str))["sid_str"].astype(str)
+    then = old.set_index(old["item_id"].astype(str))["sid_str"].astype(str)
+    found = now.reindex(then.index)
+    removed = found.isna()
+    moved = ~removed & (found != then)
+    if removed.any() or moved.any():
+        examples = [f"{i}: {then[i]} -> {found[i]}" for i in then.index[moved][:3]]
+        raise VersionMismatchError(
+            f"{what} was trained on SID assignment {trained_on!r}; since then {int(moved.sum())} items moved to another "
+            f"SID (e.g. {examples}) and {int(removed.sum())} items left the catalog (current assignment {current!r}): "
+            "its token ids would decode to the wrong items. Retrain it (materialize generative_recommender)."
+        )
+
+
 def check_decodable(sids: np.ndarray, level_sizes: Any, item_ids: Any = None) -> None:
     """Raises :class:`VersionMismatchError` when a SID uses a token the model's vocabulary lacks.
 
@@ -255,11 +301,3 @@ def check_decodable(sids: np.ndarray, level_sizes: Any, item_ids: Any = None) ->
             f"with (tokens per level {sizes.tolist()}): new items from a frozen re-tokenization; retrain "
             "generative_recommender on the current semantic_ids to recommend them."
         )
-
-
-def _json_default(o: Any) -> Any:
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if hasattr(o, "model_dump"):
-        return o.model_dump()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -68,7 +68,7 @@ def test_dockerfiles_install_the_package_and_ship_the_instance_config():
     gpu = (REPO / "Dockerfile.gpu").read_text()
     assert "nvidia/cuda" in gpu and "download.pytorch.org/whl/cu" in gpu
     for text in (cpu, gpu):
-        assert 'pip install ".[deploy]"' in text
+        assert 'pip install -c requirements.lock ".[deploy]"' in text  # from the lock (scripts/lock.sh)
         assert "COPY docker/dagster.yaml $DAGSTER_HOME/dagster.yaml" in text
         for line in text.splitlines():
             if line.startswith("COPY "):

@@ -179,21 +179,14 @@ def curve_figure(
     return fig
 
 
-def curves(
-    history: Sequence[Mapping[str, Any]],
-    panels: Mapping[str, Sequence[str]],
-    title: str,
-    x: str = "epoch",
-    hlines: Optional[Mapping[str, float]] = None,
-    log_panels: Sequence[str] = (),
-    zero_panels: Sequence[str] = (),
-) -> MetadataValue:
+def curves(history: Sequence[Mapping[str, Any]], panels: Mapping[str, Sequence[str]], title: str, **options: Any) -> MetadataValue:
     """Learning curves with one y axis per panel (``{"loss": ["loss"], "validation": ["valid_recall@10", ...]}``),
     so a loss of 2-3 and a recall of 0.01-0.09 never share a scale. Keys missing from an epoch (no
     validation that epoch) are skipped, not drawn as zero; panels with no values are left out;
     ``hlines`` draws a reference line per panel (e.g. the codebook size); ``log_panels`` get a log
-    y axis (loss terms of different sizes), ``zero_panels`` start at 0 (counts, rates)."""
-    return png_markdown(curve_figure(history, panels, title, x, hlines, log_panels, zero_panels))
+    y axis (loss terms of different sizes), ``zero_panels`` start at 0 (counts, rates).
+    Options (``x``, ``hlines``, ``log_panels``, ``zero_panels``) are :func:`curve_figure`'s."""
+    return png_markdown(curve_figure(history, panels, title, **options))
 
 
 def learning_curve(history: Sequence[Mapping[str, Any]], title: str, loss_key: str = "loss") -> MetadataValue:
@@ -206,7 +199,7 @@ def learning_curve(history: Sequence[Mapping[str, Any]], title: str, loss_key: s
 
 def line_plot(history: Sequence[Mapping[str, float]], keys: Iterable[str], title: str, x: str = "epoch") -> MetadataValue:
     """Keys of one kind (e.g. the terms of one loss) on one axis; mixed kinds belong in :func:`curves`."""
-    return curves(history, {"value": list(keys)}, title, x)
+    return curves(history, {"value": list(keys)}, title, x=x)
 
 
 def bar_plots(series: Dict[str, List[float]], title: str) -> MetadataValue:

@@ -33,6 +33,7 @@ def test_demo_job_carries_the_demo_config_for_the_demo_partition():
 
 def test_scripts_use_the_demo_job_and_the_local_instance():
     demo = (ROOT / "scripts" / "demo.sh").read_text()
-    assert "-j demo_pipeline" in demo and "scripts/instance.sh" in demo
+    # `dagster job execute` runs a partitioned job with an empty config unless given one: command one must pass it
+    assert "-j demo_pipeline -c configs/demo.yaml" in demo and "scripts/instance.sh" in demo
     assert "scripts/instance.sh" in (ROOT / "scripts" / "ui.sh").read_text()
     assert os.access(ROOT / "scripts" / "ui.sh", os.X_OK)

@@ -6,6 +6,7 @@ from dagster import DagsterInstance, materialize
 
 from semid_pipeline.core import storage
 from semid_pipeline.core.artifacts import load_artifact
+from semid_pipeline.core.enrich.descriptors import empty_scores
 from semid_pipeline.definitions import all_assets
 from semid_pipeline.resources import TextEncoderResource
 from semid_pipeline_tests.conftest import tiny_resources
@@ -52,6 +53,8 @@ def write_inputs(data_dir):
         "user_idx": np.arange(120), "user_id": [f"u{u}" for u in range(120)], "train_items": [list(t) for t in train],
         "valid_item": valid, "test_item": test, "n_interactions": 8,
     }))
+    # a declared input of generative_recommender (QARM reward); empty = the QARM stage was skipped
+    storage.write_table(data_dir, "item_quality_scores", "demo", empty_scores())
     return sids, paths
 
 

@@ -13,6 +13,7 @@ from semid_pipeline.core import storage
 from semid_pipeline.core.artifacts import save_artifact
 from semid_pipeline.core.data.demo import DemoParams, generate_demo
 from semid_pipeline.core.data.preprocess import PreprocessParams, build_tables
+from semid_pipeline.core.enrich.descriptors import empty_scores
 from semid_pipeline.core.tokenizers.rqvae import RQVAE, RQVAEParams
 from semid_pipeline.core.tokenizers.versioning import VersionMismatchError, diff_versions
 from semid_pipeline.resources import StorageResource
@@ -31,13 +32,14 @@ def _tokenizer(seed: int, x: np.ndarray) -> RQVAE:
 
 @pytest.fixture()
 def data_dir(tmp_path):
-    """items / user_sequences of the tiny demo, random item embeddings and a tokenizer, on disk."""
+    """items / user_sequences of the tiny demo, random item embeddings, tags, empty quality scores and a tokenizer, on disk."""
     prepared = build_tables(generate_demo(DemoParams(**TINY_DEMO)), PreprocessParams())
     items = prepared.items
     x = np.random.default_rng(0).normal(size=(len(items), DIM)).astype(np.float32)
     emb = items[["item_idx", "item_id"]].assign(embedding=list(x))
     tags = items[["item_idx", "item_id"]].assign(tag_path=items["category_path"], tag_source="true")
-    tables = (("items", items), ("user_sequences", prepared.user_sequences), ("item_text_embeddings", emb), ("item_tags", tags))
+    tables = (("items", items), ("user_sequences", prepared.user_sequences), ("item_text_embeddings", emb), ("item_tags", tags),
+              ("item_quality_scores", empty_scores()))  # QARM skipped: an input of generative_recommender
     for name, df in tables:
         storage.write_table(tmp_path, name, "demo", df)
     save_artifact(_tokenizer(0, x), storage.model_dir(tmp_path, "sid_tokenizer", "demo"))

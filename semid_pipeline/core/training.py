@@ -149,8 +149,7 @@ def lr_multiplier(
 @dataclass
 class FitResult:
     """``model``: the best checkpoint by validation (eval mode; the last weights when nothing validated).
-    ``history``: one dict per epoch: ``epoch, loss, samples_per_s, lr, train_seconds`` (without validation),
-    ``seconds`` (with it), the trainer's own
+    ``history``: one dict per epoch: ``epoch, loss, samples_per_s, seconds, lr``, the trainer's own
     extras, and ``valid_<metric>`` on epochs that validated. ``best_epoch`` / ``best``: the
     returned checkpoint's epoch and selection key. ``seconds``: the whole fit."""
 
@@ -249,13 +248,11 @@ def fit(
         mean_loss = loss_sum.item() / max(n_batches, 1)
         if not math.isfinite(mean_loss):
             raise FloatingPointError(f"{prefix}epoch {epoch}: training loss is {mean_loss}; lower lr or enable grad_clip")
-        train_seconds = time.monotonic() - epoch_start
         record: Dict[str, Any] = {
             "epoch": epoch,
             "loss": mean_loss,
-            "samples_per_s": n_samples / max(train_seconds, 1e-9),
+            "samples_per_s": n_samples / max(time.monotonic() - epoch_start, 1e-9),
             "lr": schedule.get_last_lr()[0],
-            "train_seconds": train_seconds,
         }
         stop = out_of_time or epoch == params.epochs
         if validate is not None and (epoch % params.eval_every_epochs == 0 or stop):

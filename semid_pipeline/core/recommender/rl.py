@@ -40,6 +40,7 @@ RL that hurts validation is rolled back (and reported per epoch).
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 
@@ -309,7 +310,7 @@ def train_grpo(
         order = rng.permutation(len(queries))
         if p.max_queries_per_epoch is not None:
             order = order[: p.max_queries_per_epoch]
-        sums.update(reward=0.0, exact_rate=0.0, kl=0.0, loss=0.0, steps=0, queries=0)
+        sums.update(reward=0.0, exact_rate=0.0, kl=0.0, loss=0.0, steps=0, queries=0, start=time.monotonic())
         for lo in range(0, len(order), p.batch_size):
             idx = order[lo : lo + p.batch_size]
             batch = rows.batch(idx).to(device)
@@ -323,6 +324,7 @@ def train_grpo(
             stats = {"reward": float(rewards.mean()), "exact_rate": float((samples.items == target_items[:, None]).float().mean())}
             for update in range(p.updates_per_batch):
                 yield batch, samples, old, ref, advantages, stats if update == p.updates_per_batch - 1 else None
+        sums["end"] = time.monotonic()  # reached after the epoch's last update (not when the time budget cut it)
 
     def step(item) -> Tuple[torch.Tensor, int]:
         batch, samples, old, ref, advantages, stats = item
@@ -333,12 +335,14 @@ def train_grpo(
         # the epoch's statistics count each sampled batch once, with its last update
         for k, v in {**stats, "kl": float(kl.detach()), "loss": float(loss.detach()), "steps": 1, "queries": len(batch.enc_tokens)}.items():
             sums[k] += v
+        sums["end"] = time.monotonic()
         return loss, len(batch.enc_tokens)
 
     def end_epoch(epoch: int, record: Dict[str, Any]) -> None:
         n = max(sums["steps"], 1)
         record.update({k: sums[k] / n for k in ("reward", "exact_rate", "kl", "loss")})
-        record.update(queries=sums["queries"], queries_per_s=record["samples_per_s"])
+        train_seconds = sums["end"] - sums["start"]
+        record.update(train_seconds=train_seconds, queries=sums["queries"], queries_per_s=sums["queries"] / max(train_seconds, 1e-9))
 
     if progress is not None:
         progress(f"grpo: {len(queries):,} queries, group {p.group_size}, reward {p.reward} on {device}")

@@ -29,6 +29,7 @@ from torch import Tensor
 from semid_pipeline.core.artifacts import Artifact, register_artifact
 from semid_pipeline.core.device import configure_threads
 from semid_pipeline.core.progress import ProgressFn
+from semid_pipeline.core.tokenizers.opq import OPQ, OPQParams, fit_opq
 from semid_pipeline.core.tokenizers.rqkmeans import RQKMeans, RQKMeansParams, fit_rqkmeans
 from semid_pipeline.core.tokenizers.rqvae import RQVAE, RQVAEParams, _check_embeddings, train_rqvae
 from semid_pipeline.core.tokenizers.supervision import (
@@ -43,11 +44,15 @@ from semid_pipeline.core.tokenizers.supervision import (
 )
 
 
-class TokenizerParams(RQVAEParams, SupervisionParams):
-    """Which tokenizer, its sizes and training (``RQVAEParams``), and the supervised loss switches
-    (``SupervisionParams``; all off = plain TIGER RQ-VAE, the default)."""
+class TokenizerParams(RQVAEParams, SupervisionParams, OPQParams):
+    """Which tokenizer, its sizes and training (``RQVAEParams``; ``OPQParams`` for ``kind: opq``), and
+    the supervised loss switches (``SupervisionParams``; all off = plain TIGER RQ-VAE, the default)."""
 
-    kind: Literal["rqvae", "rqkmeans"] = Field(default="rqvae", description="'rqvae' (TIGER/HiD-VAE/CAT-ID2 losses) or 'rqkmeans' (faiss residual k-means).")
+    kind: Literal["rqvae", "rqkmeans", "opq"] = Field(
+        default="rqvae",
+        description="'rqvae' (TIGER/HiD-VAE/CAT-ID2 losses), 'rqkmeans' (faiss residual k-means) or 'opq' (RPG's long "
+        "PQ SIDs: PCA-whitening, OPQ rotation, pq_digits x pq_codebook_size; core/tokenizers/opq.py).",
+    )
     tag_levels: int = Field(default=3, ge=1, description="Tag levels read from item_tags.tag_path (root first).")
     min_tag_items: int = Field(default=1, ge=1, description="Tags with fewer items count as missing (HiD-VAE appendix E filters < 30).")
     heldout_fraction: float = Field(default=0.1, ge=0.0, lt=1.0, description="Items whose tags are hidden from training, to measure tag accuracy.")
@@ -193,7 +198,7 @@ class SIDTokenizer(Artifact):
     @classmethod
     def from_artifact(cls, config: Dict[str, Any], tensors: Dict[str, Tensor]) -> "SIDTokenizer":
         qt = {k[2:]: v for k, v in tensors.items() if k.startswith("q.")}
-        qcls = {"rqvae": RQVAE, "rqkmeans": RQKMeans}[config["quantizer_kind"]]
+        qcls = {"rqvae": RQVAE, "rqkmeans": RQKMeans, "opq": OPQ}[config["quantizer_kind"]]
         quantizer = qcls.from_artifact(config["quantizer"], qt)
         heads = None
         if config.get("heads"):
@@ -272,6 +277,10 @@ def train_tokenizer(
         quantizer, history = result.model, result.history
         if extra is not None and extra.heads is not None and sup.tag_prediction:
             heads, source = extra.heads.cpu().eval(), "trained"
+    elif params.kind == "opq":
+        if sup.any:
+            raise ValueError("the supervised (HiD-VAE / CAT-ID2) losses need kind 'rqvae'; kind 'opq' has no training loss to add them to")
+        quantizer = fit_opq(x, _sub(params, OPQParams), progress=progress)
     else:
         quantizer = fit_rqkmeans(x, _sub(params, RQKMeansParams), progress=progress)
     settings = {"tag_levels": params.tag_levels, "min_tag_items": params.min_tag_items, "heldout_fraction": params.heldout_fraction, "seed": params.seed}

@@ -1,0 +1,82 @@
+"""kind: opq (RPG's long PQ semantic IDs): PCA whitening, OPQ rotation, PQ digits; determinism, save/reload,
+collision handling and the quality report."""
+
+import numpy as np
+import pytest
+import torch
+
+from semid_pipeline.core.artifacts import load_artifact, save_artifact
+from semid_pipeline.core.tokenizers.base import SIDTokenizer, TokenizerParams, train_tokenizer
+from semid_pipeline.core.tokenizers.collisions import collision_rate, resolve_collisions
+from semid_pipeline.core.tokenizers.opq import OPQParams, fit_opq
+from semid_pipeline.core.tokenizers.quality import tokenizer_quality
+from semid_pipeline_tests.test_tokenizer_kinds import synthetic
+
+OPQ_SMALL = dict(kind="opq", pq_digits=4, pq_codebook_size=16, pca_dim=16, opq_iters=4, pq_iters=10, probe_epochs=3)
+
+
+def test_opq_codes_are_nearest_subspace_centroids_and_reconstruct():
+    x, _ = synthetic(n=400, dim=24)
+    model = fit_opq(x, OPQParams(pq_digits=4, pq_codebook_size=16, pca_dim=16, opq_iters=4, pq_iters=10, seed=3))
+    z = model.prepare_input(x)
+    assert z.shape == (400, 16)
+    # whitened: every principal direction has ~unit variance (the rotation is orthogonal)
+    cov = np.cov(z.numpy().T)
+    np.testing.assert_allclose(np.trace(cov) / 16, 1.0, rtol=0.05)
+    rot = model.rotation
+    torch.testing.assert_close(rot @ rot.T, torch.eye(16), atol=1e-4, rtol=0)
+    qb = model.quantize(x)
+    assert qb.codes.shape == (400, 4) and int(qb.codes.max()) < 16
+    for j in range(4):
+        sub = z[:, 4 * j : 4 * (j + 1)]
+        brute = torch.cdist(sub, model.centroids[j]).argmin(-1)
+        assert (brute == qb.codes[:, j]).float().mean() > 0.99
+    err = (z - qb.quantized.sum(1)).pow(2).sum(-1).mean()
+    assert err < 0.6 * z.pow(2).sum(-1).mean()  # 4 x 16 codes explain a good part of the latent energy
+    # codebooks: block placement, sum of codewords = reconstruction
+    torch.testing.assert_close(model.codebooks[1, :, 4:8], model.centroids[1])
+    assert float(model.codebooks[1, :, :4].abs().sum()) == 0.0
+
+
+def test_opq_rejects_bad_shapes():
+    x, _ = synthetic(n=300, dim=24)
+    with pytest.raises(ValueError, match="multiple of pq_digits"):
+        fit_opq(x, OPQParams(pq_digits=5, pq_codebook_size=16, pca_dim=16))
+    with pytest.raises(ValueError, match="exceeds the embedding dimension"):
+        fit_opq(x, OPQParams(pq_digits=4, pq_codebook_size=16, pca_dim=32))
+    with pytest.raises(ValueError, match="power of two"):
+        fit_opq(x, OPQParams(pq_digits=4, pq_codebook_size=12, pca_dim=16))
+    with pytest.raises(ValueError, match="need kind 'rqvae'"):
+        train_tokenizer(x, TokenizerParams(uniqueness=True, **OPQ_SMALL))
+
+
+def test_opq_tokenizer_deterministic_save_reload_collisions_and_quality(tmp_path):
+    x, paths = synthetic(n=400, dim=24)
+    x = np.concatenate([x, x[:5]])  # 5 exact duplicates: collisions the resolver must handle
+    paths = paths + paths[:5]
+    params = TokenizerParams(**OPQ_SMALL)
+    tok = train_tokenizer(x, params, paths).tokenizer
+    assert tok.kind == "opq" and tok.n_levels == 4 and tok.codebook_size == 16
+    enc = tok.encode_full(x)
+    np.testing.assert_array_equal(enc.codes, tok.encode(x).numpy())
+    assert enc.last_distances.shape == (405, 16)
+    again = train_tokenizer(x, params, paths).tokenizer
+    np.testing.assert_array_equal(again.encode(x).numpy(), enc.codes)
+    save_artifact(tok, tmp_path / "tok")
+    loaded = load_artifact(tmp_path / "tok")
+    assert isinstance(loaded, SIDTokenizer) and loaded.kind == "opq"
+    np.testing.assert_array_equal(loaded.encode_full(x).codes, enc.codes)
+    assert collision_rate(enc.codes) > 0  # the duplicates collide ...
+    for strategy in ("append_token", "sinkhorn"):
+        sids, _ = resolve_collisions(enc.codes, enc.last_distances, strategy, seed=0)
+        assert collision_rate(sids) == 0  # ... and are resolved
+    other = train_tokenizer(x, TokenizerParams(**{**OPQ_SMALL, "seed": 7}), paths).tokenizer
+    assert not np.array_equal(other.encode(x).numpy(), enc.codes)  # the seed matters
+    res = train_tokenizer(x, params, paths)
+    report = tokenizer_quality(res.tokenizer, x, res.vocab, res.heldout, [f"i{k}" for k in range(len(x))])
+    s = report.summary
+    assert s["tokenizer_kind"] == "opq" and s["n_levels"] == 4 and s["codebook_size"] == 16
+    assert s["collision_rate_before"] > 0 and s["collision_rate_after"] == 0
+    assert 0 < s["recon_error"] < float(tok.encode_full(x).latents.__pow__(2).sum(1).mean())
+    assert list(report.levels["used_codes"]) == [len(np.unique(enc.codes[:, j])) for j in range(4)]
+    assert len(report.usage) == 4

@@ -79,6 +79,21 @@ def test_composed_scores_and_losses_match_brute_force():
     assert torch.isfinite(model.loss(x, y, generator=torch.Generator().manual_seed(0)))
 
 
+def test_fused_composed_cross_entropy_equals_unfused_value_and_gradient():
+    from semid_pipeline.core.recommender.parallel import composed_cross_entropy, flat_codes
+
+    g = torch.Generator().manual_seed(0)
+    codes = flat_codes(torch.randint(0, 8, (50, 4), generator=g), 8)
+    table = torch.randn(37, 32, generator=g, requires_grad=True)
+    y = torch.randint(0, 50, (37,), generator=g)
+    ref = F.cross_entropy(F.embedding_bag(codes, table.T.contiguous(), mode="sum").T, y)
+    (ref_grad,) = torch.autograd.grad(ref, table)
+    fused = composed_cross_entropy(table, codes, y, chunk=5)  # several chunks, a ragged last one
+    (grad,) = torch.autograd.grad(fused * 3.0, table)
+    torch.testing.assert_close(fused, ref)
+    torch.testing.assert_close(grad, 3.0 * ref_grad)
+
+
 @pytest.mark.parametrize("loss", ["per_digit", "item"])
 def test_both_losses_learn_the_chains(loss):
     sids = opq_like_sids()

@@ -80,3 +80,31 @@ def test_opq_tokenizer_deterministic_save_reload_collisions_and_quality(tmp_path
     assert 0 < s["recon_error"] < float(tok.encode_full(x).latents.__pow__(2).sum(1).mean())
     assert list(report.levels["used_codes"]) == [len(np.unique(enc.codes[:, j])) for j in range(4)]
     assert len(report.usage) == 4
+
+
+@pytest.mark.parametrize("kind", ["rqvae", "rqkmeans"])
+def test_hybrid_rq_levels_then_pq_digits_of_the_residual(tmp_path, kind):
+    """residual_pq_digits: the quantizer's tag-bearing levels followed by PQ digits of its residual."""
+    from semid_pipeline.core.tokenizers.assign import encode_catalog
+    from semid_pipeline_tests.test_tokenizer_kinds import SMALL
+
+    x, paths = synthetic(n=400, dim=24)
+    params = TokenizerParams(kind=kind, n_levels=2, residual_pq_digits=4, pq_codebook_size=16, pca_dim=16, opq_iters=3,
+                             pq_iters=8, tag_prediction=kind == "rqvae", **{**SMALL, "codebook_size": 16})
+    tok = train_tokenizer(x, params, paths).tokenizer
+    assert tok.n_levels == 6 and tok.residual_pq.n_levels == 4
+    enc = tok.encode_full(x)
+    assert enc.codes.shape == (400, 6) and int(enc.codes.max()) < 16
+    base = tok.encode_full(x, with_residual_pq=False)
+    np.testing.assert_array_equal(enc.codes[:, :2], base.codes)  # the tag-bearing levels are unchanged
+    np.testing.assert_array_equal(tok.encode(x).numpy(), enc.codes)
+    assert collision_rate(enc.codes) < collision_rate(base.codes)  # the PQ tail separates items
+    codes, last = encode_catalog(tok, x)  # the semantic_ids path (Sinkhorn distances of the last PQ digit)
+    np.testing.assert_array_equal(codes, enc.codes)
+    np.testing.assert_allclose(last, enc.last_distances, rtol=1e-5, atol=1e-5)
+    assert all(p.count(" > ") == 1 for p in tok.decode_paths(enc.codes[:5]))  # still decodes to a (2-level) tag path
+    save_artifact(tok, tmp_path / "tok")
+    loaded = load_artifact(tmp_path / "tok")
+    np.testing.assert_array_equal(loaded.encode_full(x).codes, enc.codes)
+    with pytest.raises(ValueError, match="residual_pq_digits needs kind"):
+        train_tokenizer(x, TokenizerParams(residual_pq_digits=2, **OPQ_SMALL))

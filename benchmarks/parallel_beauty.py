@@ -41,30 +41,14 @@ def parse_sets(pairs):
     return out
 
 
-def residual_pq_codes(tokenizer, x: np.ndarray, pq: dict) -> np.ndarray:
-    """The hybrid SID's tail: PQ digits (``OPQParams`` ``pq``) of what an RQ-VAE tokenizer's levels leave
-    unexplained, ``normalize(x) - decoder(sum of the item's codewords)`` in the input space."""
-    import torch
-
-    from semid_pipeline.core.tokenizers.opq import OPQParams, fit_opq
-
-    model = tokenizer.quantizer.eval()
-    with torch.no_grad():
-        xt = torch.from_numpy(x)
-        quantized = tokenizer.encode_full(x).quantized
-        residual = (model.prepare_input(xt) - model.decoder(quantized.sum(1))).numpy()
-    opq = fit_opq(residual, OPQParams(**{"normalize_pq_input": False, **pq}), progress=print)
-    return opq.encode(residual).numpy().astype(np.int64)
-
-
-def load_sids(data_dir: str, dataset: str, tok: dict, collisions: str, cache: Path, tags: bool, residual_pq: dict | None = None):
-    """SID matrix of the catalogue for tokenizer settings ``tok`` (cached by content); with
-    ``residual_pq`` the RQ-VAE codes are followed by PQ digits of the RQ-VAE's residual (hybrid SID)."""
+def load_sids(data_dir: str, dataset: str, tok: dict, collisions: str, cache: Path, tags: bool):
+    """SID matrix of the catalogue for tokenizer settings ``tok`` (``TokenizerParams``; the hybrid SID is
+    ``residual_pq_digits > 0``), cached by content."""
     from semid_pipeline.core import storage
     from semid_pipeline.core.tokenizers.base import TokenizerParams, train_tokenizer
     from semid_pipeline.core.tokenizers.collisions import collision_rate, resolve_collisions
 
-    key = hashlib.sha1(json.dumps([data_dir, dataset, tok, collisions, residual_pq], sort_keys=True).encode()).hexdigest()[:12]
+    key = hashlib.sha1(json.dumps([data_dir, dataset, tok, collisions], sort_keys=True).encode()).hexdigest()[:12]
     path = cache / f"sids-{key}.npz"
     if path.exists():
         z = np.load(path)
@@ -77,18 +61,19 @@ def load_sids(data_dir: str, dataset: str, tok: dict, collisions: str, cache: Pa
         by = dict(zip(it["item_idx"].tolist(), it["tag_path"].tolist()))
         paths = [list(by.get(i, []) or []) for i in emb["item_idx"].tolist()]
     t0 = time.time()
-    res = train_tokenizer(x, TokenizerParams(**tok), paths, progress=print)
+    params = TokenizerParams(**tok)
+    embed = None
+    if params.tag_alignment:
+        from semid_pipeline.core.enrich.text_encoder import TextEncoder, TextEncoderParams
+
+        embed = TextEncoder(TextEncoderParams(device="cpu")).encode
+    res = train_tokenizer(x, params, paths, embed, progress=print)
     enc = res.tokenizer.encode_full(x)
-    codes, last = enc.codes, enc.last_distances
-    if residual_pq:
-        tail = residual_pq_codes(res.tokenizer, x, residual_pq)
-        codes, last = np.concatenate([codes, tail], 1), None
-        collisions = "append_token"  # the last digit is a PQ digit now: no RQ last-level distances for Sinkhorn
-    sids, _ = resolve_collisions(codes, last, strategy=collisions, seed=0)
+    codes = enc.codes
+    sids, _ = resolve_collisions(codes, enc.last_distances, strategy=collisions, seed=0)
     info = {
         "tokenizer_seconds": round(time.time() - t0, 1),
         "collision_rate_before": collision_rate(codes),
-        "collision_rate_before_rq_levels": collision_rate(enc.codes),
         "collision_rate_after": collision_rate(sids),
         "recon_error": float(enc.recon_error.mean()),
         "codes_used_per_digit": [int(len(np.unique(codes[:, j]))) for j in range(codes.shape[1])],
@@ -107,7 +92,6 @@ def main(argv=None):
     ap.add_argument("--tok", action="append", help="TokenizerParams key=value (default kind=opq pq_digits=16 pca_dim=128)")
     ap.add_argument("--tags", action="store_true", help="pass item_tags to the tokenizer (HiD-VAE losses, tag probe)")
     ap.add_argument("--collisions", default="sinkhorn", choices=["sinkhorn", "append_token"])
-    ap.add_argument("--residual-pq", action="append", help="hybrid SID: OPQParams key=value of PQ digits of the RQ-VAE residual")
     ap.add_argument("--set", action="append", help="model/training params key=value")
     ap.add_argument("--decode", default="exact", help="comma list of exact, graph (parallel) ")
     ap.add_argument("--graph", action="append", help="DecodeParams key=value for graph decoding")
@@ -121,8 +105,7 @@ def main(argv=None):
     from semid_pipeline.core.metrics import evaluate_topk
 
     tok = parse_sets(args.tok) or {"kind": "opq", "pq_digits": 16, "pca_dim": 128}
-    rpq = parse_sets(args.residual_pq) or None
-    sids, tok_info = load_sids(args.data_dir, args.dataset, tok, args.collisions, Path(args.cache), args.tags, rpq)
+    sids, tok_info = load_sids(args.data_dir, args.dataset, tok, args.collisions, Path(args.cache), args.tags)
     seqs = storage.read_table(args.data_dir, "user_sequences", args.dataset).sort_values("user_idx")
     train = [np.asarray(t, dtype=np.int64) for t in seqs["train_items"]]
     valid_t = seqs["valid_item"].to_numpy(np.int64)
@@ -134,7 +117,6 @@ def main(argv=None):
         "dataset": args.dataset,
         "model": args.model,
         "tokenizer": tok,
-        "residual_pq": rpq,
         "collisions": args.collisions,
         "tokenizer_info": tok_info,
         "sid_shape": list(sids.shape),

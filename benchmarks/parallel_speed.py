@@ -41,6 +41,7 @@ def main(argv=None):
     ap.add_argument("--model-dir", help="saved ParallelRecommender (generative_recommender of a kind: parallel run)")
     ap.add_argument("--tiger-dir", help="saved TIGER generative_recommender trained on --tiger-sids-from's SIDs")
     ap.add_argument("--tiger-data-dir", help="data dir whose semantic_ids the TIGER model uses (default --data-dir)")
+    ap.add_argument("--tiger-sids", help="npz with a 'sids' matrix for TIGER (e.g. parallel_beauty.py's RQ-VAE cache); overrides --tiger-data-dir")
     ap.add_argument("--name", default="beauty")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--train-batches", type=int, default=20)
@@ -138,8 +139,11 @@ def main(argv=None):
     from semid_pipeline.core.recommender.trie import SIDTrie
     from semid_pipeline.core.recommender.vocab import SIDVocab
 
-    tsem = storage.read_table(args.tiger_data_dir or args.data_dir, "semantic_ids", args.dataset).sort_values("item_idx")
-    tsids = np.stack(tsem["sid"].to_numpy()).astype(np.int64)
+    if args.tiger_sids:
+        tsids = np.load(args.tiger_sids)["sids"].astype(np.int64)
+    else:
+        tsem = storage.read_table(args.tiger_data_dir or args.data_dir, "semantic_ids", args.dataset).sort_values("item_idx")
+        tsids = np.stack(tsem["sid"].to_numpy()).astype(np.int64)
     if args.tiger_dir:
         tiger = load_artifact(args.tiger_dir)
         out["tiger"] = f"trained ({args.tiger_dir}), SIDs {list(tsids.shape)}"

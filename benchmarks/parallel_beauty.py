@@ -59,7 +59,7 @@ def load_sids(data_dir: str, dataset: str, tok: dict, collisions: str, cache: Pa
     if tags:
         it = storage.read_table(data_dir, "item_tags", dataset)
         by = dict(zip(it["item_idx"].tolist(), it["tag_path"].tolist()))
-        paths = [list(by.get(i, []) or []) for i in emb["item_idx"].tolist()]
+        paths = [list(by[i]) if by.get(i) is not None else [] for i in emb["item_idx"].tolist()]
     t0 = time.time()
     params = TokenizerParams(**tok)
     embed = None
@@ -90,6 +90,7 @@ def main(argv=None):
     ap.add_argument("--name", required=True)
     ap.add_argument("--model", choices=["parallel", "tiger"], default="parallel")
     ap.add_argument("--tok", action="append", help="TokenizerParams key=value (default kind=opq pq_digits=16 pca_dim=128)")
+    ap.add_argument("--tok-json", help="TokenizerParams as one JSON object (instead of --tok)")
     ap.add_argument("--tags", action="store_true", help="pass item_tags to the tokenizer (HiD-VAE losses, tag probe)")
     ap.add_argument("--collisions", default="sinkhorn", choices=["sinkhorn", "append_token"])
     ap.add_argument("--set", action="append", help="model/training params key=value")
@@ -104,7 +105,7 @@ def main(argv=None):
     from semid_pipeline.core import storage
     from semid_pipeline.core.metrics import evaluate_topk
 
-    tok = parse_sets(args.tok) or {"kind": "opq", "pq_digits": 16, "pca_dim": 128}
+    tok = json.loads(args.tok_json) if args.tok_json else (parse_sets(args.tok) or {"kind": "opq", "pq_digits": 16, "pca_dim": 128})
     sids, tok_info = load_sids(args.data_dir, args.dataset, tok, args.collisions, Path(args.cache), args.tags)
     seqs = storage.read_table(args.data_dir, "user_sequences", args.dataset).sort_values("user_idx")
     train = [np.asarray(t, dtype=np.int64) for t in seqs["train_items"]]

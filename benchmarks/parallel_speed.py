@@ -154,6 +154,10 @@ def main(argv=None):
     t0 = time.perf_counter()
     lists["tiger_beam20"], _ = recommend(tiger, SIDTrie.from_sids(tsids), hist, users, 20, 10, 512)
     decode["tiger_beam20"] = time.perf_counter() - t0
+    from semid_pipeline.core.metrics import evaluate_topk
+
+    test_t = seqs["test_item"].to_numpy(np.int64)[: args.decode_users]
+    out["decode_test_metrics"] = {k: {m: round(v, 5) for m, v in evaluate_topk(v_, test_t, (5, 10)).items()} for k, v_ in lists.items()}
     out["decode_users"] = len(hist)
     out["decode_users_per_s"] = {k: round(len(hist) / s, 1) for k, s in decode.items()}
     names = list(lists)

@@ -108,3 +108,38 @@ def test_hybrid_rq_levels_then_pq_digits_of_the_residual(tmp_path, kind):
     np.testing.assert_array_equal(loaded.encode_full(x).codes, enc.codes)
     with pytest.raises(ValueError, match="residual_pq_digits needs kind"):
         train_tokenizer(x, TokenizerParams(residual_pq_digits=2, **OPQ_SMALL))
+
+
+def test_opq_through_the_tokenizer_assets(tmp_path):
+    """sid_tokenizer kind: opq -> semantic_ids (Sinkhorn: unique m-digit SIDs, no extra token) -> tokenizer_quality."""
+    import pandas as pd
+    from dagster import DagsterInstance, materialize
+
+    from semid_pipeline.core import storage
+    from semid_pipeline.definitions import all_assets
+    from semid_pipeline_tests.conftest import tiny_resources
+
+    x, paths = synthetic(n=400, dim=24)
+    n = len(x)
+    ids = [f"i{i:03d}" for i in range(n)]
+    emb = pd.DataFrame({"item_idx": np.arange(n), "item_id": ids, "embedding": list(x)})
+    storage.write_table(tmp_path, "item_text_embeddings", "demo", emb)
+    storage.write_table(tmp_path, "catalog_item_embeddings", "demo", emb.assign(origin="prepared"))
+    storage.write_table(tmp_path, "item_tags", "demo", pd.DataFrame({
+        "item_idx": np.arange(n), "item_id": ids, "tag_path": paths, "generated_path": paths, "true_path": paths,
+        "candidates": [[["x"]]] * n, "scores": [[1.0]] * n, "tag_source": "true",
+    }))
+    config = {"ops": {
+        "sid_tokenizer": {"config": {"kind": "opq", "pq_digits": 4, "pq_codebook_size": 16, "pca_dim": 16, "opq_iters": 3,
+                                     "pq_iters": 8, "probe_epochs": 2}},
+        "semantic_ids": {"config": {"collision_strategy": "sinkhorn"}},
+    }}
+    result = materialize(all_assets, selection=["sid_tokenizer", "semantic_ids", "tokenizer_quality", "tokenizer_sample_paths"], partition_key="demo",
+                         resources=tiny_resources(tmp_path), run_config=config, instance=DagsterInstance.ephemeral())
+    assert result.success
+    sem = storage.read_table(tmp_path, "semantic_ids", "demo")
+    sids = np.stack(sem["sid"].to_numpy())
+    assert sids.shape == (n, 4) and len({tuple(r) for r in sids.tolist()}) == n
+    assert sem["tokenizer_version"].iloc[0].startswith("tok-")
+    quality = storage.read_table(tmp_path, "tokenizer_quality", "demo")
+    assert {"collision_rate_before", "recon_error"} <= set(quality["metric"])

@@ -91,6 +91,7 @@ def main(argv=None):
 
             p = ParallelParams(loss=loss, item_id_embedding=True, mixed_precision="bf16")
         models[f"parallel_{loss}"] = (ParallelRecommender(torch.from_numpy(sids), int(sids.max()) + 1, p), p.mixed_precision)
+        models[f"parallel_{loss}_fp32"] = (ParallelRecommender(torch.from_numpy(sids), int(sids.max()) + 1, p), "off")
     sp = SASRecParams()
     models["sasrec_ce"] = (SASRec(n_items, sp), "off")  # SASRec-CE trains in float32 on a CPU (its asset's setting)
     models["sasrec_ce_bf16"] = (SASRec(n_items, sp), "bf16")

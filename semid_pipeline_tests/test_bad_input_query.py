@@ -3,7 +3,6 @@ line, and every table file stays byte-identical."""
 
 import subprocess
 import sys
-import time
 
 import pandas as pd
 import pytest

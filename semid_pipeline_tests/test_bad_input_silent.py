@@ -7,11 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from dagster import DagsterEventType, DagsterInstance, materialize
+from dagster import DagsterInstance, materialize
 
 from semid_pipeline.core import storage
 from semid_pipeline.core.artifacts import save_artifact
-from semid_pipeline.core.errors import InputError
 from semid_pipeline.core.recommender.model import GenerativeRecommender, RecommenderParams
 from semid_pipeline.core.recommender.vocab import SIDVocab
 from semid_pipeline.core.tokenizers.versioning import (

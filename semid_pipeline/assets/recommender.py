@@ -1,4 +1,7 @@
-"""Stage 8: the TIGER-style generative recommender and its trie-constrained beam-search top-K lists."""
+"""Stage 8: the generative recommender and its top-K lists: ``kind: tiger`` (encoder-decoder, trie-constrained
+beam search) or ``kind: parallel`` (RPG: all SID digits at once; exact scoring or graph-constrained decoding)."""
+
+from typing import Callable, Literal
 
 import numpy as np
 import pandas as pd
@@ -8,6 +11,9 @@ from semid_pipeline.core.frames import item_column, item_values, sid_matrix, sid
 from semid_pipeline.core.recommendations import check_top_k
 from semid_pipeline.core.recommender.hierarchy import HierarchyInputs, build_level_tags
 from semid_pipeline.core.recommender.model import RecommenderParams
+from semid_pipeline.core.recommender.parallel import ParallelParams, ParallelRecommender
+from semid_pipeline.core.recommender.parallel_decode import item_graph, recommend_exact, recommend_graph
+from semid_pipeline.core.recommender.parallel_train import train_parallel
 from semid_pipeline.core.recommender.rl import GRPOParams, train_grpo
 from semid_pipeline.core.recommender.train import TrainParams, recommend, train_recommender
 from semid_pipeline.core.recommender.trie import SIDTrie
@@ -26,9 +32,18 @@ class GRPOConfig(Config, GRPOParams):
     """Run GRPO on the supervised checkpoint; the asset then stores the validation-selected RL policy."""
 
 
-class RecommenderConfig(Config, RecommenderParams, TrainParams):
-    """Model size (``RecommenderParams``), optimisation (``TrainParams``), TIGER defaults, and ``rl``."""
+class ParallelConfig(Config, ParallelParams):
+    """The parallel (RPG) recommender's model, loss and optimisation (``core/recommender/parallel.py``)."""
 
+
+class RecommenderConfig(Config, RecommenderParams, TrainParams):
+    """``kind``; for ``tiger``: model size (``RecommenderParams``), optimisation (``TrainParams``), TIGER defaults,
+    and ``rl``; for ``parallel``: everything under ``parallel``."""
+
+    kind: Literal["tiger", "parallel"] = "tiger"
+    """tiger: the encoder-decoder over SID tokens; parallel: RPG's parallel digit prediction (settings under ``parallel``)."""
+    parallel: ParallelConfig = ParallelConfig()
+    """Settings of ``kind: parallel`` (its evaluation row is ``rpg`` with the per-digit loss, ``rpg_item`` with the item loss)."""
     rl: GRPOConfig = GRPOConfig()
     """GRPO stage (``rl.enabled``); the ``qarm`` reward uses the ``item_quality_scores`` input (items without a score get 0)."""
 
@@ -39,6 +54,16 @@ class RecommendConfig(Config):
     top_k: int = 10
     batch_size: int = 256
     """Users decoded together (all beams of all users of a batch run as one tensor program)."""
+    decoding: Literal["exact", "graph"] = "exact"
+    """kind parallel: exact (score every catalogue item) or graph (RPG's graph-constrained decoding)."""
+    score: Literal["auto", "digit_logprob", "item_logit"] = "auto"
+    """kind parallel: item score (auto: the one the model's loss trains)."""
+    graph_beam_size: int = 50
+    """kind parallel, graph: items kept per propagation step."""
+    graph_edges: int = 100
+    """kind parallel, graph: neighbours per item in the SID-similarity graph."""
+    graph_steps: int = 3
+    """kind parallel, graph: propagation steps."""
 
 
 @asset(partitions_def=dataset_partitions, group_name="recommender", io_manager_key="model_io", pool="gpu")
@@ -55,7 +80,10 @@ def generative_recommender(
     history; the checkpoint kept is the one with the best validation Recall@10. With
     ``embedding: hierarchy`` the SID tokens use HiD-VAE's hierarchy-aware embeddings (tag of every
     (level, code) from ``item_tags``); with ``rl.enabled`` a GRPO stage follows and the
-    validation-selected policy is stored (the evaluation then scores it)."""
+    validation-selected policy is stored (the evaluation then scores it). ``kind: parallel`` trains the
+    RPG-style model instead (selection on validation, ``parallel.select_metric``)."""
+    if config.kind == "parallel":
+        return parallel_output(context, config.parallel, semantic_ids, user_sequences)
     model_params = RecommenderParams(**{k: getattr(config, k) for k in RecommenderParams.model_fields})
     train_params = TrainParams(**{k: getattr(config, k) for k in TrainParams.model_fields})
     valid_hist, valid_target = split_inputs(user_sequences, "valid")
@@ -102,6 +130,46 @@ def generative_recommender(
     )
 
 
+def parallel_output(context: AssetExecutionContext, config: ParallelConfig, semantic_ids: pd.DataFrame, user_sequences: pd.DataFrame) -> Output:
+    params = ParallelParams(**{k: getattr(config, k) for k in ParallelParams.model_fields})
+    valid_hist, valid_target = split_inputs(user_sequences, "valid")
+    result = train_parallel(sid_matrix(semantic_ids), valid_hist, valid_target, params, progress=context.log.info)
+    result.model.artifact_extra = {"tokenizer_version": sid_version(semantic_ids), "assignment_id": current_assignment_id(semantic_ids)}
+    hist = pd.DataFrame([{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in result.history])
+    best = next((h for h in result.history if h["epoch"] == result.best_epoch), {})
+    return Output(
+        result.model,
+        metadata=readable({
+            "recommender_kind": "parallel",
+            "model_name": result.model.model_name,
+            "loss": params.loss,
+            "tokenizer_version": str(sid_version(semantic_ids)),
+            "n_digits": result.model.n_digits,
+            "codebook_size": result.model.codebook_size,
+            "n_parameters": int(sum(p.numel() for p in result.model.parameters() if p.requires_grad)),
+            "best_epoch": int(result.best_epoch),
+            "best_valid_recall@10": float(best.get("valid_recall@10", 0.0)),
+            "best_valid_ndcg@10": float(best.get("valid_ndcg@10", 0.0)),
+            "epochs_run": len(result.history),
+            "train_seconds": float(result.seconds),
+            "samples_per_s": float(np.mean([h["samples_per_s"] for h in result.history])) if result.history else 0.0,
+            "learning_curve": learning_curve(result.history, "Parallel recommender training"),
+            "history": md_table(order_metric_columns(hist)),
+        }),
+    )
+
+
+def parallel_ranker(model: ParallelRecommender, semantic_ids: pd.DataFrame, config: RecommendConfig, log) -> Callable:
+    """``rank(histories, user_idx)`` of a parallel model over the current catalogue (new items included)."""
+    sids = sid_matrix(semantic_ids)
+    if config.decoding == "exact":
+        return lambda histories, user_idx: recommend_exact(model, sids, histories, config.top_k, config.batch_size, config.score, progress=log)
+    graph = item_graph(model, sids, config.graph_edges)
+    return lambda histories, user_idx: recommend_graph(
+        model, sids, histories, graph, config.top_k, config.graph_beam_size, config.graph_steps, config.batch_size, config.score, progress=log
+    )
+
+
 @asset(
     partitions_def=dataset_partitions,
     group_name="recommender",
@@ -122,7 +190,9 @@ def generative_recommendations(
     user_sequences: pd.DataFrame,
     storage: StorageResource,
 ):
-    """Per-user top-K for validation and test by beam search constrained to valid SIDs (prefix trie).
+    """Per-user top-K for validation and test: TIGER by beam search constrained to valid SIDs (prefix trie);
+    a parallel model by exact scoring or graph-constrained decoding over every catalogue item (items
+    added by a frozen re-tokenization included: they are scored through their digits, no retraining).
 
     Refuses a model trained on another tokenizer version, or on an assignment whose items do not all
     keep their SID in the current one (``sid_versions`` shows which; new items of a frozen run are fine)."""
@@ -135,18 +205,20 @@ def generative_recommendations(
         check_same_assignment(extra.get("assignment_id"), semantic_ids, history, "generative_recommender")
     sids = sid_matrix(semantic_ids)
     item_ids = item_column(semantic_ids, "item_id")
-    check_decodable(sids, generative_recommender.vocab.level_sizes, item_ids)
-    check_top_k(config.top_k, len(sids), beam_size=config.beam_size)
-    trie = SIDTrie.from_sids(sids)
-    recs, per_split = split_top_k(
-        "generative",
-        user_sequences,
-        item_ids,
-        lambda histories, user_idx: recommend(
+    if isinstance(generative_recommender, ParallelRecommender):
+        check_top_k(config.top_k, len(sids))
+        name, rank = generative_recommender.model_name, parallel_ranker(generative_recommender, semantic_ids, config, context.log.info)
+        meta = {"decoding": config.decoding, "score": config.score}
+    else:
+        check_decodable(sids, generative_recommender.vocab.level_sizes, item_ids)
+        check_top_k(config.top_k, len(sids), beam_size=config.beam_size)
+        trie = SIDTrie.from_sids(sids)
+        name, meta = "generative", {"beam_size": config.beam_size}
+        rank = lambda histories, user_idx: recommend(  # noqa: E731
             generative_recommender, trie, histories, user_idx, config.beam_size, config.top_k, config.batch_size, progress=context.log.info
-        ),
-    )
-    yield Output(recs, metadata={"beam_size": config.beam_size, "top_k": config.top_k})
+        )
+    recs, per_split = split_top_k(name, user_sequences, item_ids, rank)
+    yield Output(recs, metadata={"model": name, "top_k": config.top_k, **meta})
     test = per_split["test"]
     n_items = len(sids)
     distinct = (test.shape[1] == config.top_k) & (np.diff(np.sort(test, axis=1), axis=1) != 0).all(axis=1)

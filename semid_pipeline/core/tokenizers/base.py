@@ -30,6 +30,7 @@ from semid_pipeline.core.artifacts import Artifact, register_artifact
 from semid_pipeline.core.device import configure_threads
 from semid_pipeline.core.params import check_limit
 from semid_pipeline.core.progress import ProgressFn
+from semid_pipeline.core.tokenizers.opq import OPQ, OPQParams, fit_opq
 from semid_pipeline.core.tokenizers.rqkmeans import RQKMeans, RQKMeansParams, fit_rqkmeans
 from semid_pipeline.core.tokenizers.kmeans import check_embeddings
 from semid_pipeline.core.tokenizers.rqvae import RQVAE, RQVAEParams, train_rqvae
@@ -45,11 +46,15 @@ from semid_pipeline.core.tokenizers.supervision import (
 )
 
 
-class TokenizerParams(RQVAEParams, SupervisionParams):
-    """Which tokenizer, its sizes and training (``RQVAEParams``), and the supervised loss switches
-    (``SupervisionParams``; all off = plain TIGER RQ-VAE, the default)."""
+class TokenizerParams(RQVAEParams, SupervisionParams, OPQParams):
+    """Which tokenizer, its sizes and training (``RQVAEParams``; ``OPQParams`` for ``kind: opq``), and
+    the supervised loss switches (``SupervisionParams``; all off = plain TIGER RQ-VAE, the default)."""
 
-    kind: Literal["rqvae", "rqkmeans"] = Field(default="rqvae", description="'rqvae' (TIGER/HiD-VAE/CAT-ID2 losses) or 'rqkmeans' (faiss residual k-means).")
+    kind: Literal["rqvae", "rqkmeans", "opq"] = Field(
+        default="rqvae",
+        description="'rqvae' (TIGER/HiD-VAE/CAT-ID2 losses), 'rqkmeans' (faiss residual k-means) or 'opq' (RPG's long "
+        "PQ SIDs: PCA-whitening, OPQ rotation, pq_digits x pq_codebook_size; core/tokenizers/opq.py).",
+    )
     tag_levels: int = Field(default=3, ge=1, description="Tag levels read from item_tags.tag_path (root first).")
     min_tag_items: int = Field(default=1, ge=1, description="Tags with fewer items count as missing (HiD-VAE appendix E filters < 30).")
     heldout_fraction: float = Field(default=0.1, ge=0.0, lt=1.0, description="Items whose tags are hidden from training, to measure tag accuracy.")
@@ -60,6 +65,13 @@ class TokenizerParams(RQVAEParams, SupervisionParams):
         description="Width cap of the probe classifiers' hidden layers (our choice; the probe is not in the papers). "
         "No-op on RQ-VAE codewords (2 x 3 x 32 = 192 at most); on RQ-KMeans' 384-d codewords the uncapped 2 x 1,152 "
         "level-3 classifier made the probe take ~1 h on 2 CPU cores.",
+    )
+    residual_pq_digits: int = Field(
+        default=0,
+        ge=0,
+        description="Hybrid SID (kind rqvae/rqkmeans): append this many PQ digits (pq_codebook_size codes, OPQ over pca_dim "
+        "dims) of what the quantizer's levels leave unexplained, so a SID decodes to a tag path and is still long and "
+        "unique; 0 = off.",
     )
     refit_epochs: int = Field(
         default=30,
@@ -87,8 +99,11 @@ class SIDTokenizer(Artifact):
         tag_keys: Optional[List[List[str]]] = None,
         heads_source: str = "none",
         tag_settings: Optional[Dict[str, Any]] = None,
+        residual_pq: Optional[OPQ] = None,
     ):
         self.quantizer = quantizer
+        # hybrid SID: the quantizer's levels, then PQ digits of what they leave unexplained (TokenizerParams.residual_pq_digits)
+        self.residual_pq = residual_pq
         self.heads = heads
         self.tag_keys = tag_keys or []
         self.heads_source = heads_source
@@ -101,7 +116,19 @@ class SIDTokenizer(Artifact):
 
     @property
     def n_levels(self) -> int:
-        return int(self.quantizer.n_levels)
+        return int(self.quantizer.n_levels) + (self.residual_pq.n_levels if self.residual_pq is not None else 0)
+
+    @torch.no_grad()
+    def residual(self, x, quantized: Optional[Tensor] = None, batch_size: int = 8192) -> Tensor:
+        """What the quantizer's levels leave unexplained, in its input space: ``prepare(x) - reconstruction``."""
+        x = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x).float()
+        if quantized is None:
+            quantized = self.encode_full(x, batch_size, with_residual_pq=False).quantized
+        if isinstance(self.quantizer, RQVAE):
+            model = self.quantizer.eval()
+            rec = torch.cat([model.decoder(quantized[i : i + batch_size].sum(1)) for i in range(0, max(x.shape[0], 1), batch_size)])
+            return model.prepare_input(x) - rec
+        return self.quantizer.prepare_input(x) - quantized.sum(1)
 
     @property
     def codebook_size(self) -> int:
@@ -113,22 +140,46 @@ class SIDTokenizer(Artifact):
 
     def encode(self, x, batch_size: int = 8192) -> Tensor:
         """Codes ``(N, L)`` int64 on CPU."""
+        if self.residual_pq is not None:
+            return torch.from_numpy(self.encode_full(x, batch_size).codes)
         return self.quantizer.encode(torch.as_tensor(x), batch_size=batch_size).cpu()
 
     def encode_latent(self, x, batch_size: int = 8192) -> Tensor:
-        """Pre-quantization latents ``(N, D)`` (z_e for an RQ-VAE, the normalised input for RQ-KMeans)."""
-        return self.quantizer.encode_latent(torch.as_tensor(x), batch_size)
+        """Pre-quantization latents ``(N, D)`` (z_e for an RQ-VAE, the normalised input for RQ-KMeans);
+        a hybrid appends the prepared input, from which :meth:`quantize` rebuilds the residual."""
+        z = self.quantizer.encode_latent(torch.as_tensor(x), batch_size)
+        if self.residual_pq is None:
+            return z
+        x = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x).float()
+        prepared = self.quantizer.prepare_input(x)
+        return torch.cat([z, prepared], 1)
 
     @torch.no_grad()
     def quantize(self, z: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(codes, quantized, residuals, distances)`` of latents from :meth:`encode_latent` (the
-        RQ-VAE interface that ``core/tokenizers/assign.py`` uses for last-level distances)."""
+        RQ-VAE interface that ``core/tokenizers/assign.py`` uses for last-level distances). For a
+        hybrid the codes and distances include the PQ digits; quantized / residuals are the quantizer's."""
+        if self.residual_pq is not None:
+            dim = int(self.quantizer.latent_dim)
+            zq, prepared = z[:, :dim], z[:, dim:]
+            codes, quantized, residuals, distances = self._quantize_base(zq)
+            if isinstance(self.quantizer, RQVAE):
+                rec = self.quantizer.eval().decoder(quantized.sum(1))
+            else:
+                rec = quantized.sum(1)
+            pq = self.residual_pq.quantize(prepared - rec)
+            return torch.cat([codes, pq.codes], 1), quantized, residuals, torch.cat([distances, pq.distances], 1)
+        return self._quantize_base(z)
+
+    def _quantize_base(self, z: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         if isinstance(self.quantizer, RQVAE):
             return self.quantizer.quantize(z)
         return tuple(self.quantizer.quantize(z, prepared=True))
 
     @torch.no_grad()
-    def encode_full(self, x, batch_size: int = 8192) -> EncodeResult:
+    def encode_full(self, x, batch_size: int = 8192, with_residual_pq: bool = True) -> EncodeResult:
+        """Codes, last-level distances, latents, codewords and reconstruction error. A hybrid's codes
+        and last distances include its PQ digits; latents / codewords / error are the quantizer's."""
         x = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x).float()
         if isinstance(self.quantizer, RQVAE):
             model = self.quantizer.eval()
@@ -143,9 +194,13 @@ class SIDTokenizer(Artifact):
             qb = self.quantizer.quantize(z, batch_size, prepared=True)
             codes, quantized, distances = qb.codes, qb.quantized, qb.distances
             recon = (z - quantized.sum(1)).pow(2).sum(-1)
+        last = distances[:, -1]
+        if with_residual_pq and self.residual_pq is not None:
+            pq = self.residual_pq.quantize(self.residual(x, quantized.cpu(), batch_size))
+            codes, last = torch.cat([codes.cpu(), pq.codes], 1), pq.distances[:, -1]
         return EncodeResult(
             codes=codes.cpu().numpy().astype(np.int64),
-            last_distances=distances[:, -1].cpu().numpy().astype(np.float32),
+            last_distances=last.cpu().numpy().astype(np.float32),
             latents=z.cpu().numpy().astype(np.float32),
             quantized=quantized.cpu(),
             recon_error=recon.cpu().numpy().astype(np.float64),
@@ -184,25 +239,31 @@ class SIDTokenizer(Artifact):
             "heads_source": self.heads_source,
             "tag_keys": self.tag_keys,
             "tag_settings": self.tag_settings,
+            "residual_pq": self.residual_pq.artifact_config() if self.residual_pq is not None else None,
         }
 
     def artifact_tensors(self) -> Dict[str, Tensor]:
         out = {f"q.{k}": v for k, v in self.quantizer.artifact_tensors().items()}
         if self.heads is not None:
             out.update({f"h.{k}": v for k, v in self.heads.state_dict().items()})
+        if self.residual_pq is not None:
+            out.update({f"r.{k}": v for k, v in self.residual_pq.artifact_tensors().items()})
         return out
 
     @classmethod
     def from_artifact(cls, config: Dict[str, Any], tensors: Dict[str, Tensor]) -> "SIDTokenizer":
         qt = {k[2:]: v for k, v in tensors.items() if k.startswith("q.")}
-        qcls = {"rqvae": RQVAE, "rqkmeans": RQKMeans}[config["quantizer_kind"]]
+        qcls = {"rqvae": RQVAE, "rqkmeans": RQKMeans, "opq": OPQ}[config["quantizer_kind"]]
         quantizer = qcls.from_artifact(config["quantizer"], qt)
         heads = None
         if config.get("heads"):
             heads = TagHeads(**config["heads"])
             heads.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("h.")})
             heads.eval()
-        return cls(quantizer, heads, config.get("tag_keys") or [], config.get("heads_source", "none"), config.get("tag_settings"))
+        residual_pq = None
+        if config.get("residual_pq"):
+            residual_pq = OPQ.from_artifact(config["residual_pq"], {k[2:]: v for k, v in tensors.items() if k.startswith("r.")})
+        return cls(quantizer, heads, config.get("tag_keys") or [], config.get("heads_source", "none"), config.get("tag_settings"), residual_pq)
 
 
 def tag_labels_for(tokenizer: SIDTokenizer, tag_paths: Sequence[Any]) -> Tuple[TagVocab, np.ndarray]:
@@ -278,16 +339,28 @@ def train_tokenizer(
         quantizer, history = result.model, result.history
         if extra is not None and extra.heads is not None and sup.tag_prediction:
             heads, source = extra.heads.cpu().eval(), "trained"
+    elif params.kind == "opq":
+        if sup.any:
+            raise ValueError("the supervised (HiD-VAE / CAT-ID2) losses need kind 'rqvae'; kind 'opq' has no training loss to add them to")
+        quantizer = fit_opq(x, _sub(params, OPQParams), progress=progress)
     else:
         quantizer = fit_rqkmeans(x, _sub(params, RQKMeansParams), progress=progress)
+    residual_pq = None
+    if params.residual_pq_digits > 0:
+        if params.kind == "opq":
+            raise ValueError("residual_pq_digits needs kind 'rqvae' or 'rqkmeans' (an OPQ tokenizer is PQ digits already)")
+        base = SIDTokenizer(quantizer)
+        residual = base.residual(x).numpy()
+        pq_params = OPQParams(**{**_sub(params, OPQParams).model_dump(), "pq_digits": params.residual_pq_digits, "normalize_pq_input": False})
+        residual_pq = fit_opq(residual, pq_params, progress=progress)
     settings = {"tag_levels": params.tag_levels, "min_tag_items": params.min_tag_items, "heldout_fraction": params.heldout_fraction, "seed": params.seed}
-    tok = SIDTokenizer(quantizer, heads, vocab.keys if vocab is not None else [], source, settings)
+    tok = SIDTokenizer(quantizer, heads, vocab.keys if vocab is not None else [], source, settings, residual_pq)
     if vocab is not None and (heads is None or params.refit_epochs > 0):
         # classifiers on the final frozen codewords: a probe for tokenizers without tag prediction,
         # a refit of the jointly trained heads otherwise (their inputs moved during training)
-        q = tok.encode_full(x).quantized
+        q = tok.encode_full(x, with_residual_pq=False).quantized
         tok.heads = fit_probe_heads(
-            q, train_labels[:, : tok.n_levels], q.shape[-1], epochs=params.probe_epochs if heads is None else params.refit_epochs, seed=params.seed,
+            q, train_labels[:, : int(tok.quantizer.n_levels)], q.shape[-1], epochs=params.probe_epochs if heads is None else params.refit_epochs, seed=params.seed,
             n_classes=[max(len(k), 1) for k in vocab.keys], init=heads, max_hidden=params.probe_max_hidden if heads is None else None,
         )
         tok.heads_source = "probe" if heads is None else "trained+refit"

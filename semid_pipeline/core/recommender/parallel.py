@@ -1,0 +1,302 @@
+"""The parallel semantic-ID recommender (RPG, Hou et al. KDD 2025): every SID digit of the next item at once.
+
+Model
+-----
+* A decoder-only, causal transformer over the user's item sequence (SASRec-shaped: pre-LN blocks,
+  learned positions over a **left-padded** window whose last column is the newest item, trained at
+  every position in one pass).
+* An item's input embedding is pooled from the embeddings of its ``D`` SID digits:
+  ``sum_k E[k, code_k] / sqrt(D)`` (= ``sqrt(D) * mean``; a plain mean is drowned by the position
+  embedding). ``E`` is one table ``(D, K, d)``: digit ``k``'s code ``c`` is row ``E[k, c]``. An optional
+  learned item-ID embedding is added at the input only; an item the model was not trained on (a new
+  item of a frozen re-tokenization) uses the shared zero row, so it is represented by its digits.
+* One light head per digit (RPG's ``ResBlock``: ``h + SiLU(W_k h + b_k)``, ``W_k`` initialised to zero),
+  all ``D`` heads as one batched product.
+* Cosine logits: ``logit[k, c] = cos(head_k(h), E[k, c]) / temperature``. The output side is the same
+  digit table as the input side and purely SID-based: a new item is scored through its digits alone.
+
+Losses (``loss``)
+-----------------
+* ``per_digit`` (the paper's): the mean over digits of the cross-entropy of each digit's softmax over
+  its ``K`` codes.
+* ``item``: a softmax over the catalogue of item scores ``mean_k cos(head_k(h), E[k, code_ik]) /
+  item_temperature`` (a separate, optionally learned temperature: ``D`` cosines each divided by the
+  digit temperature make the item scores far too sharp). It costs ``O(catalogue * D)`` per position
+  (an ``embedding_bag`` over the cosine table, no ``[N, D*d]`` matrix); ``item_negatives > 0`` samples
+  that many uniform negatives per batch (shared, plus the batch's own targets) for catalogues far
+  larger than Amazon's.
+
+Heads and losses run at labelled positions only (the hidden states of real inputs are gathered
+first). Decoding (exact scoring and RPG's graph-constrained walk) lives in ``parallel_decode.py``,
+training in ``parallel_train.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Literal, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from semid_pipeline.core.artifacts import Artifact, register_artifact
+from semid_pipeline.core.training import OptimParams
+
+PAD = 0  # shifted item id of padding; item i is i + 1
+
+
+class ParallelParams(OptimParams):
+    """Architecture, loss and training of the parallel (RPG) recommender.
+
+    Optimisation defaults: AdamW lr 3e-3, cosine decay to the end of training (the last epoch or the
+    ``max_train_minutes`` cap), batch 256 users, selection on validation.
+    """
+
+    d_model: int = Field(128, ge=8, description="Width of digit/position embeddings, residual stream and heads.")
+    n_layers: int = Field(2, ge=1, description="Transformer blocks.")
+    n_heads: int = Field(2, ge=1, description="Attention heads (must divide d_model).")
+    d_ff: int = Field(256, ge=1, description="Hidden width of the GELU feed-forward layers.")
+    dropout: float = Field(0.2, ge=0, lt=1, description="Dropout on the input embeddings, attention and every residual branch.")
+    max_len: int = Field(50, ge=1, description="Most recent items the model reads.")
+    temperature: float = Field(0.05, gt=0, description="Temperature of the per-digit cosine logits (RPG: 0.03-0.07).")
+    loss: Literal["per_digit", "item"] = Field(
+        "per_digit",
+        description="per_digit: RPG's independent cross-entropy per digit; item: softmax over the catalogue of the summed digit cosines.",
+    )
+    item_temperature: float = Field(0.05, gt=0, description="Temperature of the item-level scores (mean digit cosine / item_temperature).")
+    learn_item_temperature: bool = Field(False, description="Learn the item temperature (initialised at item_temperature).")
+    item_negatives: int = Field(
+        0, ge=0, description="item loss: 0 = full softmax over the catalogue; > 0 = that many uniform negatives per batch plus the batch's targets."
+    )
+    item_id_embedding: bool = Field(False, description="Add a learned item-ID embedding at the input (new items: a shared zero row).")
+    select_metric: Literal["recall@10", "ndcg@10"] = Field("ndcg@10", description="Validation metric that picks the checkpoint (ties: the other).")
+    eval_max_users: Optional[int] = Field(None, ge=1, description="Validate on the first this many users (None: all).")
+    eval_batch_size: int = Field(512, ge=1, description="Users per exact-scoring batch during validation.")
+    # OptimParams defaults that differ for this model
+    lr: float = Field(3e-3, gt=0, description="Peak AdamW learning rate, reached after warmup.")
+    lr_schedule: Literal["inverse_sqrt", "cosine", "constant"] = Field("cosine", description="See OptimParams.")
+    warmup_steps: int = Field(100, ge=0, description="Linear warmup steps.")
+    batch_size: int = Field(256, ge=1, description="Users (training sequences) per step.")
+    patience: int = Field(10, ge=1, description="Stop after this many validations without improvement.")
+
+
+class _Block(nn.Module):
+    """Pre-LN transformer block with a boolean attention mask ``[B, 1, L, L]``."""
+
+    def __init__(self, d: int, n_heads: int, d_ff: int, dropout: float):
+        super().__init__()
+        self.n_heads, self.dropout = n_heads, dropout
+        self.attn_norm = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.attn_out = nn.Linear(d, d)
+        self.ffn_norm = nn.LayerNorm(d)
+        self.ffn = nn.Sequential(nn.Linear(d, d_ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_ff, d))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(self.attn_norm(x)).unflatten(-1, (3, self.n_heads, -1)).permute(2, 0, 3, 1, 4)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        x = x + self.drop(self.attn_out(o.transpose(1, 2).flatten(2)))
+        return x + self.drop(self.ffn(self.ffn_norm(x)))
+
+
+class _ComposedCrossEntropy(torch.autograd.Function):
+    """Fused, target-chunked ``cross_entropy(S, targets)`` with ``S[t, i] = sum_k table[t, codes[i, k]]``.
+
+    ``table [T, D*K]`` holds each target position's (already scaled) digit scores, ``codes [N, D]`` the
+    catalogue's flattened digit rows. For a chunk of ``c`` positions the ``[D*K, c]`` slice of the table
+    fits in cache, the ``[N, c]`` item scores are built by one ``embedding_bag``, turned into the
+    softmax in place, and ``(softmax - onehot) / T`` is scattered straight back onto the digit codes
+    (``index_add`` per digit): no ``[T, N]`` matrix and no autograd graph over it. Same value and
+    gradient as the unfused composition (tested).
+    """
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, codes: torch.Tensor, targets: torch.Tensor, chunk: int, with_grad: bool):
+        n_rows = table.shape[0]
+        weight_t = table.detach().float().T.contiguous()  # [D*K, T]
+        grad = torch.empty_like(weight_t) if with_grad else None
+        total = torch.zeros((), dtype=torch.float32, device=table.device)
+        for start in range(0, n_rows, chunk):
+            w = weight_t[:, start : start + chunk].contiguous()
+            y = targets[start : start + chunk]
+            cols = torch.arange(len(y), device=y.device)
+            scores = F.embedding_bag(codes, w, mode="sum")  # [N, c]
+            target_score = scores[y, cols]
+            col_max = scores.amax(dim=0)
+            probs = scores.sub_(col_max).exp_()
+            norm = probs.sum(dim=0)
+            total += (col_max + norm.log() - target_score).sum()
+            if with_grad:
+                probs.div_(norm * n_rows)
+                probs[y, cols] -= 1.0 / n_rows
+                g = torch.zeros_like(w)
+                for k in range(codes.shape[1]):
+                    g.index_add_(0, codes[:, k], probs)
+                grad[:, start : start + chunk] = g
+        ctx.save_for_backward(grad.T.to(table.dtype) if with_grad else None)
+        return total / max(n_rows, 1)
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_loss, None, None, None, None
+
+
+def composed_cross_entropy(table: torch.Tensor, codes: torch.Tensor, targets: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """Mean cross-entropy of the item scores ``S[t, i] = sum_k table[t, codes[i, k]]`` (``table [T, D*K]``,
+    ``codes [N, D]`` flattened digit rows, ``targets [T]`` in ``[0, N)``), fused and chunked over targets."""
+    if table.shape[0] == 0:
+        raise ValueError("no targets to score")
+    with_grad = torch.is_grad_enabled() and table.requires_grad
+    return _ComposedCrossEntropy.apply(table, codes, targets, chunk, with_grad)
+
+
+def flat_codes(sids: torch.Tensor, codebook_size: int) -> torch.Tensor:
+    """``(N, D)`` digit codes -> rows of the flattened ``(D * K, ...)`` digit table (``k * K + code``)."""
+    return sids + torch.arange(sids.shape[1], device=sids.device) * codebook_size
+
+
+@register_artifact
+class ParallelRecommender(nn.Module, Artifact):
+    """RPG-style recommender over ``D``-digit SIDs with ``K`` codes per digit (see the module doc).
+
+    ``sids`` (the training catalogue's SID matrix) is kept as a buffer for the item-level loss and as
+    the default catalogue; decoding may pass a larger catalogue (new items) with the same digits.
+    """
+
+    KIND = "parallel_recommender"
+
+    def __init__(self, sids: torch.Tensor, codebook_size: int, params: ParallelParams):
+        super().__init__()
+        sids = torch.as_tensor(sids, dtype=torch.long)
+        if sids.ndim != 2 or sids.shape[0] < 1:
+            raise ValueError(f"sids must be a non-empty (items, digits) matrix, got shape {tuple(sids.shape)}")
+        if int(sids.min()) < 0 or int(sids.max()) >= codebook_size:
+            raise ValueError(f"SID codes must lie in [0, {codebook_size}), got [{int(sids.min())}, {int(sids.max())}]")
+        if params.d_model % params.n_heads:
+            raise ValueError(f"d_model ({params.d_model}) must be divisible by n_heads ({params.n_heads})")
+        self.params = params
+        self.n_items, self.n_digits = int(sids.shape[0]), int(sids.shape[1])
+        self.codebook_size = int(codebook_size)
+        d = params.d_model
+        self.register_buffer("sids", sids.clone())
+        self.digit_emb = nn.Parameter(torch.randn(self.n_digits, self.codebook_size, d) * 0.02)
+        self.item_emb = nn.Embedding(self.n_items + 1, d, padding_idx=PAD) if params.item_id_embedding else None
+        self.pos_emb = nn.Embedding(params.max_len, d)
+        self.emb_drop = nn.Dropout(params.dropout)
+        self.blocks = nn.ModuleList(_Block(d, params.n_heads, params.d_ff, params.dropout) for _ in range(params.n_layers))
+        self.final_norm = nn.LayerNorm(d)
+        self.head_w = nn.Parameter(torch.zeros(self.n_digits, d, d))  # RPG's ResBlock: identity at init
+        self.head_b = nn.Parameter(torch.zeros(self.n_digits, d))
+        self.log_item_tau = nn.Parameter(torch.tensor(math.log(params.item_temperature)), requires_grad=params.learn_item_temperature)
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        if self.item_emb is not None:
+            with torch.no_grad():
+                self.item_emb.weight[PAD].zero_()
+
+    @property
+    def device(self) -> torch.device:
+        return self.digit_emb.device
+
+    @property
+    def model_name(self) -> str:
+        """The row name in the evaluation table: ``rpg`` (per-digit loss) or ``rpg_item`` (item-level loss)."""
+        return "rpg" if self.params.loss == "per_digit" else "rpg_item"
+
+    # -- encoder ----------------------------------------------------------------------------------
+    def forward(self, items: torch.Tensor, sids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Hidden states ``[B, L, d]`` of shifted, left-padded items ``[B, L]`` (``0`` = padding, item
+        ``i`` = ``i + 1``); ``sids`` is the catalogue the item indices refer to (default: training's)."""
+        sids = self.sids if sids is None else sids
+        length = items.shape[1]
+        if length > self.params.max_len:
+            raise ValueError(f"sequences must hold at most max_len={self.params.max_len} items, got {length}")
+        real = items != PAD
+        idx = (items - 1).clamp_min(0)
+        codes = flat_codes(sids[idx.reshape(-1)], self.codebook_size)  # [B*L, D]
+        x = F.embedding_bag(codes, self.digit_emb.reshape(-1, self.digit_emb.shape[-1]), mode="sum")
+        x = (x / math.sqrt(self.n_digits)).view(*items.shape, -1)
+        if self.item_emb is not None:
+            known = items.where(items <= self.n_items, torch.zeros_like(items))  # new items: the shared zero row
+            x = x + self.item_emb(known)
+        x = x * real[..., None]
+        positions = torch.arange(self.params.max_len - length, self.params.max_len, device=items.device)
+        x = self.emb_drop(x + self.pos_emb(positions))
+        eye = torch.eye(length, dtype=torch.bool, device=items.device)
+        causal = torch.ones(length, length, dtype=torch.bool, device=items.device).tril()
+        mask = (causal & (real[:, None, :] | eye))[:, None]
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.final_norm(x)
+
+    # -- digit heads ------------------------------------------------------------------------------
+    def digit_cosines(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``hidden [T, d] -> [T, D, K]`` cosine of every digit head's output with every code embedding."""
+        h = hidden[:, None, :] + F.silu(torch.einsum("td,kde->tke", hidden, self.head_w.transpose(1, 2)) + self.head_b)
+        h = F.normalize(h, dim=-1)
+        e = F.normalize(self.digit_emb, dim=-1)
+        return torch.einsum("tkd,kcd->tkc", h, e.to(h.dtype))
+
+    def digit_log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[T, D, K]`` per-digit log-softmax of the cosine logits (RPG's decoding scores)."""
+        return F.log_softmax(self.digit_cosines(hidden).float() / self.params.temperature, dim=-1)
+
+    @property
+    def item_tau(self) -> torch.Tensor:
+        return self.log_item_tau.exp()
+
+    def composed_scores(self, table: torch.Tensor, sids: torch.Tensor) -> torch.Tensor:
+        """``[T, N]`` = ``sum_k table[t, k, sids[n, k]]`` for a per-digit table ``[T, D, K]`` (an
+        ``embedding_bag`` over the transposed table: ``O(N * D * T)``, no ``[N, D * d]`` matrix)."""
+        t = table.shape[0]
+        weight = table.reshape(t, -1).T.contiguous()  # [D*K, T]
+        return F.embedding_bag(flat_codes(sids, self.codebook_size), weight, mode="sum").T
+
+    def item_logits(self, hidden: torch.Tensor, sids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``[T, N]`` item-level logits ``mean_k cos_k / item_tau`` over a catalogue (default: training's)."""
+        sids = self.sids if sids is None else sids
+        return self.composed_scores(self.digit_cosines(hidden).float(), sids) / (self.n_digits * self.item_tau)
+
+    # -- training loss ----------------------------------------------------------------------------
+    def loss(self, inputs: torch.Tensor, targets: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Mean loss over the real positions of a batch; ``inputs``/``targets`` shifted ``[B, L]``."""
+        real = inputs != PAD
+        hidden = self(inputs)[real]  # [T, d]: heads only at labelled positions
+        target = targets[real] - 1
+        cos = self.digit_cosines(hidden).float()  # [T, D, K]
+        if self.params.loss == "per_digit":
+            labels = self.sids[target]  # [T, D]
+            return F.cross_entropy((cos / self.params.temperature).reshape(-1, self.codebook_size), labels.reshape(-1))
+        if self.params.item_negatives > 0:
+            neg = torch.randint(0, self.n_items, (self.params.item_negatives,), device=inputs.device, generator=generator)
+            cand, inverse = torch.unique(torch.cat([target, neg]), return_inverse=True)
+            logits = self.composed_scores(cos, self.sids[cand]) / (self.n_digits * self.item_tau)
+            return F.cross_entropy(logits, inverse[: len(target)])
+        table = (cos / (self.n_digits * self.item_tau)).reshape(len(target), -1)
+        return composed_cross_entropy(table, flat_codes(self.sids, self.codebook_size), target)
+
+    # -- Artifact ---------------------------------------------------------------------------------
+    def artifact_config(self) -> Dict[str, Any]:
+        return {"codebook_size": self.codebook_size, "params": self.params.model_dump()}
+
+    def artifact_tensors(self) -> Dict[str, torch.Tensor]:
+        return {k: v.detach().cpu() for k, v in self.state_dict().items()}
+
+    @classmethod
+    def from_artifact(cls, config: Dict[str, Any], tensors: Dict[str, torch.Tensor]) -> "ParallelRecommender":
+        model = cls(tensors["sids"], int(config["codebook_size"]), ParallelParams(**config["params"]))
+        model.load_state_dict(tensors)
+        return model.eval()
+
+
+def catalog_tensor(sids: np.ndarray, device: torch.device) -> torch.Tensor:
+    """An ``(N, D)`` int64 SID matrix as a tensor on ``device``."""
+    return torch.as_tensor(np.asarray(sids, dtype=np.int64), device=device)

@@ -1,0 +1,118 @@
+"""Training the parallel (RPG) recommender through the one training loop (``core.training.fit``).
+
+Every user's ``train_items`` is one row: its last ``max_len + 1`` items, inputs ``seq[:-1]``, targets
+``seq[1:]``, left-padded, so one forward pass trains every next-item target of the user (validation
+and test items are never trained on). Batches are length-bucketed (:class:`LengthBucketSampler`,
+seeded) and cut to their longest row (dynamic padding). The checkpoint is chosen on validation
+(exact scoring of the whole catalogue, ``select_metric``), with the cosine learning rate decaying to
+the end of training or to the ``max_train_minutes`` cap.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from semid_pipeline.core.metrics import ndcg_at_k, recall_at_k
+from semid_pipeline.core.progress import ProgressFn
+from semid_pipeline.core.recommender.data import LengthBucketSampler
+from semid_pipeline.core.recommender.parallel import PAD, ParallelParams, ParallelRecommender
+from semid_pipeline.core.recommender.parallel_decode import recommend_exact
+from semid_pipeline.core.training import fit, start_run
+
+
+class ParallelResult(NamedTuple):
+    """``model``: best checkpoint by validation (eval mode); ``history``: one dict per epoch (``fit``'s);
+    ``best_epoch``; ``seconds``: the whole training."""
+
+    model: ParallelRecommender
+    history: List[Dict[str, Any]]
+    best_epoch: int
+    seconds: float
+
+
+def training_windows(histories: Sequence[np.ndarray], n_items: int, max_len: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(inputs [R, max_len], targets [R, max_len], n_targets [R])`` of the users with at least two
+    training items: shifted items (``i + 1``, ``0`` = padding), left-padded, ``targets[:, t]`` follows
+    ``inputs[:, t]``. Vectorised over the concatenated histories."""
+    lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
+    flat = np.concatenate([np.asarray(h, dtype=np.int64).reshape(-1) for h in histories]) if lengths.sum() else np.zeros(0, np.int64)
+    if flat.size and (flat.min() < 0 or flat.max() >= n_items):
+        raise ValueError(f"history item indices must lie in [0, {n_items}), got [{flat.min()}, {flat.max()}]")
+    keep = lengths >= 2
+    if not keep.any():
+        raise ValueError("no training targets: every user has fewer than two training items")
+    ends = np.cumsum(lengths)[keep]
+    width = max_len + 1
+    take = np.minimum(lengths[keep], width)
+    col = np.arange(width, dtype=np.int64)
+    valid = col[None, :] >= (width - take)[:, None]
+    src = np.where(valid, ends[:, None] - width + col[None, :], 0)
+    window = np.where(valid, flat[src] + 1, PAD)
+    return np.ascontiguousarray(window[:, :-1]), np.ascontiguousarray(window[:, 1:]), take - 1
+
+
+def train_parallel(
+    sids: np.ndarray,
+    train_histories: Sequence[np.ndarray],
+    valid_targets: np.ndarray,
+    params: ParallelParams,
+    codebook_size: Optional[int] = None,
+    progress: Optional[ProgressFn] = None,
+) -> ParallelResult:
+    """Trains the parallel recommender on the SID matrix ``sids (N, D)`` of the catalogue.
+
+    Args:
+        sids: digit codes of every item (row = ``item_idx``), e.g. ``semantic_ids.sid``.
+        train_histories: per user, the chronological training items; also the validation histories.
+        valid_targets: int ``[U]`` validation item per user.
+        params: model, loss and optimisation.
+        codebook_size: codes per digit (default: the largest code + 1); give the tokenizer's so that
+            items added later may use any code.
+        progress: one-line progress callback.
+    """
+    sids = np.asarray(sids, dtype=np.int64)
+    valid_targets = np.asarray(valid_targets, dtype=np.int64)
+    if len(valid_targets) != len(train_histories):
+        raise ValueError(f"need one validation target per user: {len(valid_targets)} targets, {len(train_histories)} histories")
+    k = int(codebook_size or int(sids.max()) + 1)
+    device = start_run(params)
+    inputs, targets, n_targets = training_windows(train_histories, len(sids), params.max_len)
+    sampler = LengthBucketSampler(n_targets, params.batch_size, seed=params.seed)
+    model = ParallelRecommender(torch.from_numpy(sids), k, params).to(device)
+    if progress is not None:
+        n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        progress(
+            f"parallel ({model.model_name}): {n_params:,} parameters, {sids.shape[1]} digits x {k} codes, {len(inputs):,} sequences, "
+            f"{int(n_targets.sum()):,} targets, {len(sampler)} batches/epoch on {device}"
+        )
+    gen = torch.Generator(device="cpu").manual_seed(params.seed)
+    eval_users = np.arange(len(train_histories)) if params.eval_max_users is None else np.arange(min(params.eval_max_users, len(train_histories)))
+    eval_hist = [train_histories[i] for i in eval_users.tolist()]
+
+    def step(rows: np.ndarray):
+        width = max(int(n_targets[rows].max()), 1)
+        x = torch.from_numpy(inputs[rows, -width:]).to(device)
+        y = torch.from_numpy(targets[rows, -width:]).to(device)
+        return model.loss(x, y, generator=gen if device.type == "cpu" else None), int(n_targets[rows].sum())
+
+    def validate(m: ParallelRecommender) -> Dict[str, float]:
+        ranked, _ = recommend_exact(m, sids, eval_hist, 10, params.eval_batch_size)
+        target = valid_targets[eval_users]
+        return {"recall@10": float(recall_at_k(ranked, target, 10).mean()), "ndcg@10": float(ndcg_at_k(ranked, target, 10).mean())}
+
+    other = "recall@10" if params.select_metric == "ndcg@10" else "ndcg@10"
+    result = fit(
+        model,
+        sampler.epoch,
+        step,
+        params,
+        validate=validate,
+        select_on=(params.select_metric, other),
+        steps_per_epoch=len(sampler),
+        progress=progress,
+        name=model.model_name,
+    )
+    return ParallelResult(result.model, result.history, result.best_epoch, result.seconds)

@@ -184,6 +184,7 @@ def _import_known_kinds() -> None:
         "semid_pipeline.core.tokenizers.rqkmeans",
         "semid_pipeline.core.tokenizers.base",
         "semid_pipeline.core.recommender.model",
+        "semid_pipeline.core.recommender.parallel",
         "semid_pipeline.core.baselines.sasrec",
         "semid_pipeline.core.retrieval.query_model",
         "semid_pipeline.core.enrich.fusion",

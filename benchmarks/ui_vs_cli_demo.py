@@ -77,7 +77,8 @@ def describe_entries(entries: list) -> dict:
             md = e["mdStr"]
             out[e["label"]] = f"markdown, {'PNG image' if 'data:image/png' in md else 'text'} ({len(md):,} chars)"
         else:
-            out[e["label"]] = e.get("text") or e.get("intValue") or e.get("floatValue") or e["__typename"]
+            values = [e.get(k) for k in ("text", "intValue", "floatValue")]
+            out[e["label"]] = next((v for v in values if v is not None), e["__typename"])
     return out
 
 

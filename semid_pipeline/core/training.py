@@ -1,7 +1,6 @@
 """The one training loop (``fit``) and its parts, shared by every trainer: ``OptimParams``, the optimiser,
 learning-rate schedules, autocast, validation-based checkpoint selection and early stopping."""
 
-from __future__ import annotations
 
 import contextlib
 import math

@@ -26,14 +26,15 @@ from typing import Literal, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from semid_pipeline.core.params import StrictParams
 from semid_pipeline.core.progress import ProgressFn, Throttle
 from semid_pipeline.core.recommender.data import sorted_batches
 from semid_pipeline.core.recommender.parallel import ParallelRecommender, catalog_tensor, flat_codes
 
 
-class DecodeParams(BaseModel):
+class DecodeParams(StrictParams):
     """How the parallel recommender's top-K lists are produced."""
 
     decoding: Literal["exact", "graph"] = Field("exact", description="exact: score every catalogue item; graph: RPG's graph-constrained walk.")

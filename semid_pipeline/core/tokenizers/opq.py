@@ -33,7 +33,9 @@ import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from semid_pipeline.core.params import StrictParams
 from torch import Tensor
 
 from semid_pipeline.core.artifacts import Artifact, register_artifact
@@ -41,7 +43,7 @@ from semid_pipeline.core.progress import ProgressFn, Throttle
 from semid_pipeline.core.tokenizers.rqkmeans import QuantizedBatch
 
 
-class OPQParams(BaseModel):
+class OPQParams(StrictParams):
     """Sizes and training of the OPQ + PQ tokenizer (RPG's defaults: PCA-whitened text embeddings,
     ``OPQ{m},PQ{m}x8`` in faiss)."""
 

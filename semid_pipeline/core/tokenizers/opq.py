@@ -34,12 +34,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-
-from semid_pipeline.core.params import StrictParams
 from torch import Tensor
 
 from semid_pipeline.core.artifacts import Artifact, register_artifact
+from semid_pipeline.core.params import StrictParams
 from semid_pipeline.core.progress import ProgressFn, Throttle
+from semid_pipeline.core.tokenizers.kmeans import check_embeddings
 from semid_pipeline.core.tokenizers.rqkmeans import QuantizedBatch
 
 
@@ -55,17 +55,6 @@ class OPQParams(StrictParams):
     pq_iters: int = Field(default=25, ge=1, description="k-means iterations of the final product quantizer per sub-space.")
     normalize_pq_input: bool = Field(default=True, description="L2-normalise the embeddings before PCA (also at encode time).")
     seed: int = Field(default=0, description="Seeds faiss k-means of the OPQ and PQ stages.")
-
-
-def _check(x: np.ndarray) -> np.ndarray:
-    arr = np.asarray(x)
-    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"embeddings must be a non-empty 2-D (items, dim) array, got shape {arr.shape}")
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    if not np.isfinite(arr).all():
-        bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
-        raise ValueError(f"embeddings contain NaN/inf in {bad.size} rows (first item index {int(bad[0])})")
-    return arr
 
 
 @register_artifact
@@ -154,7 +143,7 @@ class OPQ(Artifact):
 def fit_opq(embeddings: np.ndarray, params: OPQParams, progress: Optional[ProgressFn] = None) -> OPQ:
     """Fits PCA(-whitening) -> OPQ rotation -> PQ (faiss) on ``embeddings (N, dim)``; deterministic
     for a fixed seed and thread count."""
-    x = _check(embeddings)
+    x = check_embeddings(embeddings)
     n, dim = x.shape
     m, k = params.pq_digits, params.pq_codebook_size
     nbits = int(np.log2(k))

@@ -44,11 +44,11 @@ from typing import Any, Dict, List, Literal, NamedTuple, Optional, Sequence, Tup
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
 from semid_pipeline.core.artifacts import Artifact, register_artifact
+from semid_pipeline.core.blocks import PreLNBlock
 from semid_pipeline.core.metrics import ndcg_at_k, recall_at_k
 from semid_pipeline.core.progress import ProgressFn, Throttle
 from semid_pipeline.core.recommender.data import LengthBucketSampler, sorted_batches
@@ -141,27 +141,6 @@ def full_softmax_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targe
     return _LinearCrossEntropy.apply(hidden, weight, targets, chunk, with_grad)
 
 
-class _Block(nn.Module):
-    """Pre-LN transformer block: ``forward(x [B, L, d], mask bool [B, 1, L, L]) -> [B, L, d]``."""
-
-    def __init__(self, hidden: int, n_heads: int, dropout: float):
-        super().__init__()
-        self.n_heads, self.dropout = n_heads, dropout
-        self.attn_norm = nn.LayerNorm(hidden)
-        self.qkv = nn.Linear(hidden, 3 * hidden)
-        self.attn_out = nn.Linear(hidden, hidden)
-        self.ffn_norm = nn.LayerNorm(hidden)
-        self.ffn = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, hidden))
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        # [B, L, 3d] -> three [B, h, L, d/h]
-        q, k, v = self.qkv(self.attn_norm(x)).unflatten(-1, (3, self.n_heads, -1)).permute(2, 0, 3, 1, 4)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
-        x = x + self.drop(self.attn_out(o.transpose(1, 2).flatten(2)))
-        return x + self.drop(self.ffn(self.ffn_norm(x)))
-
-
 @register_artifact
 class SASRec(nn.Module, Artifact):
     """Causal self-attentive sequential recommender with tied item embeddings.
@@ -183,7 +162,7 @@ class SASRec(nn.Module, Artifact):
         self.item_emb = nn.Embedding(n_items + 1, h, padding_idx=PAD)
         self.pos_emb = nn.Embedding(params.max_len, h)
         self.emb_drop = nn.Dropout(params.dropout)
-        self.blocks = nn.ModuleList(_Block(h, params.n_heads, params.dropout) for _ in range(params.n_layers))
+        self.blocks = nn.ModuleList(PreLNBlock(h, params.n_heads, h, params.dropout, "relu") for _ in range(params.n_layers))
         self.final_norm = nn.LayerNorm(h)
         self.apply(self._init_weights)
 

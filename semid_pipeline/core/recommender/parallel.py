@@ -43,6 +43,7 @@ from pydantic import Field
 from torch import nn
 
 from semid_pipeline.core.artifacts import Artifact, register_artifact
+from semid_pipeline.core.blocks import PreLNBlock
 from semid_pipeline.core.training import OptimParams
 
 PAD = 0  # shifted item id of padding; item i is i + 1
@@ -81,26 +82,6 @@ class ParallelParams(OptimParams):
     warmup_steps: int = Field(100, ge=0, description="Linear warmup steps.")
     batch_size: int = Field(256, ge=1, description="Users (training sequences) per step.")
     patience: int = Field(10, ge=1, description="Stop after this many validations without improvement.")
-
-
-class _Block(nn.Module):
-    """Pre-LN transformer block with a boolean attention mask ``[B, 1, L, L]``."""
-
-    def __init__(self, d: int, n_heads: int, d_ff: int, dropout: float):
-        super().__init__()
-        self.n_heads, self.dropout = n_heads, dropout
-        self.attn_norm = nn.LayerNorm(d)
-        self.qkv = nn.Linear(d, 3 * d)
-        self.attn_out = nn.Linear(d, d)
-        self.ffn_norm = nn.LayerNorm(d)
-        self.ffn = nn.Sequential(nn.Linear(d, d_ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_ff, d))
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.qkv(self.attn_norm(x)).unflatten(-1, (3, self.n_heads, -1)).permute(2, 0, 3, 1, 4)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
-        x = x + self.drop(self.attn_out(o.transpose(1, 2).flatten(2)))
-        return x + self.drop(self.ffn(self.ffn_norm(x)))
 
 
 class _ComposedCrossEntropy(torch.autograd.Function):
@@ -188,7 +169,7 @@ class ParallelRecommender(nn.Module, Artifact):
         self.item_emb = nn.Embedding(self.n_items + 1, d, padding_idx=PAD) if params.item_id_embedding else None
         self.pos_emb = nn.Embedding(params.max_len, d)
         self.emb_drop = nn.Dropout(params.dropout)
-        self.blocks = nn.ModuleList(_Block(d, params.n_heads, params.d_ff, params.dropout) for _ in range(params.n_layers))
+        self.blocks = nn.ModuleList(PreLNBlock(d, params.n_heads, params.d_ff, params.dropout, "gelu") for _ in range(params.n_layers))
         self.final_norm = nn.LayerNorm(d)
         self.head_w = nn.Parameter(torch.zeros(self.n_digits, d, d))  # RPG's ResBlock: identity at init
         self.head_b = nn.Parameter(torch.zeros(self.n_digits, d))

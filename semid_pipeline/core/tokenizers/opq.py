@@ -27,7 +27,7 @@ done in torch from the saved matrices, argmin ties to the lowest index).
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import faiss
 import numpy as np
@@ -36,11 +36,11 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from semid_pipeline.core.artifacts import Artifact, register_artifact
+from semid_pipeline.core.artifacts import register_artifact
 from semid_pipeline.core.params import StrictParams
 from semid_pipeline.core.progress import ProgressFn, Throttle
 from semid_pipeline.core.tokenizers.kmeans import check_embeddings
-from semid_pipeline.core.tokenizers.rqkmeans import QuantizedBatch
+from semid_pipeline.core.tokenizers.rqkmeans import CentroidQuantizer, QuantizedBatch
 
 
 class OPQParams(StrictParams):
@@ -58,7 +58,7 @@ class OPQParams(StrictParams):
 
 
 @register_artifact
-class OPQ(Artifact):
+class OPQ(CentroidQuantizer):
     """PCA(-whitening) ``x @ pca_a.T + pca_b``, rotation ``@ rotation.T``, then ``m`` sub-space centroid
     tables ``centroids (m, K, pca_dim / m)``."""
 
@@ -70,14 +70,6 @@ class OPQ(Artifact):
         self.rotation = rotation.float().contiguous()
         self.centroids = centroids.float().contiguous()
         self.normalize_input = bool(normalize_input)
-
-    @property
-    def n_levels(self) -> int:
-        return int(self.centroids.shape[0])
-
-    @property
-    def codebook_size(self) -> int:
-        return int(self.centroids.shape[1])
 
     @property
     def sub_dim(self) -> int:
@@ -103,30 +95,18 @@ class OPQ(Artifact):
             x = F.normalize(x, dim=-1)
         return (x @ self.pca_a.T + self.pca_b) @ self.rotation.T
 
-    @torch.no_grad()
-    def quantize(self, x, batch_size: int = 8192, prepared: bool = False) -> QuantizedBatch:
-        """Nearest centroid per sub-space (ties to the lowest index). ``quantized``/``residuals`` are
-        in the full ``pca_dim`` space (zero outside a digit's sub-space); ``distances (N, m, K)``."""
-        z = torch.as_tensor(x).float() if prepared else self.prepare_input(x)
+    def quantize_batch(self, z: Tensor) -> QuantizedBatch:
+        """Nearest centroid per sub-space of the prepared rows ``z``. ``quantized``/``residuals`` are in
+        the full ``pca_dim`` space (zero outside a digit's sub-space); ``distances (N, m, K)``."""
         m, k, s = self.centroids.shape
-        parts: List[QuantizedBatch] = []
-        for start in range(0, max(z.shape[0], 1), batch_size):
-            sub = z[start : start + batch_size].reshape(-1, m, s)  # (B, m, s)
-            d = sub.pow(2).sum(-1, keepdim=True) - 2.0 * torch.einsum("bms,mks->bmk", sub, self.centroids) + self.centroids.pow(2).sum(-1)[None]
-            codes = d.argmin(dim=-1)  # (B, m)
-            chosen = torch.stack([self.centroids[j][codes[:, j]] for j in range(m)], 1)  # (B, m, s)
-            eye = torch.eye(m, dtype=z.dtype)
-            quantized = (eye[None, :, :, None] * chosen[:, None, :, :]).reshape(-1, m, m * s)  # block-diagonal placement
-            residuals = (eye[None, :, :, None] * sub[:, None, :, :]).reshape(-1, m, m * s)
-            parts.append(QuantizedBatch(codes, quantized, residuals, d))
-        return QuantizedBatch(*(torch.cat([getattr(p, f) for p in parts]) for f in QuantizedBatch._fields))
-
-    def encode(self, x, batch_size: int = 8192) -> Tensor:
-        """Codes ``(N, m)`` int64."""
-        return self.quantize(x, batch_size).codes
-
-    def encode_latent(self, x, batch_size: int = 8192) -> Tensor:
-        return self.prepare_input(x)
+        sub = z.reshape(-1, m, s)  # (B, m, s)
+        d = sub.pow(2).sum(-1, keepdim=True) - 2.0 * torch.einsum("bms,mks->bmk", sub, self.centroids) + self.centroids.pow(2).sum(-1)[None]
+        codes = d.argmin(dim=-1)  # (B, m)
+        chosen = torch.stack([self.centroids[j][codes[:, j]] for j in range(m)], 1)  # (B, m, s)
+        eye = torch.eye(m, dtype=z.dtype)
+        quantized = (eye[None, :, :, None] * chosen[:, None, :, :]).reshape(-1, m, m * s)  # block-diagonal placement
+        residuals = (eye[None, :, :, None] * sub[:, None, :, :]).reshape(-1, m, m * s)
+        return QuantizedBatch(codes, quantized, residuals, d)
 
     # -- Artifact ---------------------------------------------------------------------------------
     def artifact_config(self) -> Dict[str, Any]:

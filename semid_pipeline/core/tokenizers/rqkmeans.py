@@ -10,7 +10,7 @@ model gives identical codes (argmin with ties to the lowest index, in torch).
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, NamedTuple, Optional
+from typing import Any, Dict, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -41,15 +41,13 @@ class QuantizedBatch(NamedTuple):
     distances: Tensor  # (N, L, K) squared distances to every centroid of each level
 
 
-@register_artifact
-class RQKMeans(Artifact):
-    """Residual k-means codebooks ``centroids`` ``(L, K, D)``."""
+class CentroidQuantizer(Artifact):
+    """What the centroid-table quantizers (RQ-KMeans, OPQ) share: ``centroids (L, K, ...)`` gives the
+    number of levels / digits and the codebook size; ``encode`` is ``quantize(...).codes`` and
+    ``encode_latent`` the prepared input (neither has a learned encoder). Subclasses define
+    ``prepare_input``, ``quantize_batch`` (one batch of prepared rows) and ``latent_dim``."""
 
-    KIND = "rqkmeans"
-
-    def __init__(self, centroids: Tensor, normalize_input: bool = True):
-        self.centroids = centroids.float().contiguous()
-        self.normalize_input = bool(normalize_input)
+    centroids: Tensor
 
     @property
     def n_levels(self) -> int:
@@ -58,6 +56,39 @@ class RQKMeans(Artifact):
     @property
     def codebook_size(self) -> int:
         return int(self.centroids.shape[1])
+
+    def prepare_input(self, x) -> Tensor:
+        raise NotImplementedError
+
+    def quantize_batch(self, z: Tensor) -> QuantizedBatch:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def quantize(self, x, batch_size: int = 8192, prepared: bool = False) -> QuantizedBatch:
+        """:meth:`quantize_batch` over batches of rows; ties go to the lowest centroid index.
+        ``prepared``: ``x`` already went through :meth:`prepare_input` (e.g. from :meth:`encode_latent`)."""
+        z = torch.as_tensor(x).float() if prepared else self.prepare_input(x)
+        parts = [self.quantize_batch(z[start : start + batch_size]) for start in range(0, max(z.shape[0], 1), batch_size)]
+        return QuantizedBatch(*(torch.cat([getattr(p, f) for p in parts]) for f in QuantizedBatch._fields))
+
+    def encode(self, x, batch_size: int = 8192) -> Tensor:
+        """Codes ``(N, L)`` int64."""
+        return self.quantize(x, batch_size).codes
+
+    def encode_latent(self, x, batch_size: int = 8192) -> Tensor:
+        """The prepared input itself: these quantizers have no learned encoder."""
+        return self.prepare_input(x)
+
+
+@register_artifact
+class RQKMeans(CentroidQuantizer):
+    """Residual k-means codebooks ``centroids`` ``(L, K, D)``."""
+
+    KIND = "rqkmeans"
+
+    def __init__(self, centroids: Tensor, normalize_input: bool = True):
+        self.centroids = centroids.float().contiguous()
+        self.normalize_input = bool(normalize_input)
 
     @property
     def latent_dim(self) -> int:
@@ -71,35 +102,20 @@ class RQKMeans(Artifact):
         x = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x).float()
         return F.normalize(x, dim=-1) if self.normalize_input else x
 
-    @torch.no_grad()
-    def quantize(self, x, batch_size: int = 8192, prepared: bool = False) -> QuantizedBatch:
-        """Greedy residual assignment of every row of ``x``; ties go to the lowest centroid index.
-        ``prepared``: ``x`` already went through :meth:`prepare_input` (e.g. from :meth:`encode_latent`)."""
-        x = torch.as_tensor(x).float() if prepared else self.prepare_input(x)
-        parts: List[QuantizedBatch] = []
-        for start in range(0, max(x.shape[0], 1), batch_size):
-            r = x[start : start + batch_size]
-            codes, quantized, residuals, distances = [], [], [], []
-            for level in range(self.n_levels):
-                c = self.centroids[level]
-                d = r.pow(2).sum(-1, keepdim=True) - 2.0 * (r @ c.T) + c.pow(2).sum(-1)
-                code = d.argmin(dim=-1)
-                e = c[code]
-                codes.append(code)
-                quantized.append(e)
-                residuals.append(r)
-                distances.append(d)
-                r = r - e
-            parts.append(QuantizedBatch(torch.stack(codes, 1), torch.stack(quantized, 1), torch.stack(residuals, 1), torch.stack(distances, 1)))
-        return QuantizedBatch(*(torch.cat([getattr(p, f) for p in parts]) for f in QuantizedBatch._fields))
-
-    def encode(self, x, batch_size: int = 8192) -> Tensor:
-        """Codes ``(N, L)`` int64."""
-        return self.quantize(x, batch_size).codes
-
-    def encode_latent(self, x, batch_size: int = 8192) -> Tensor:
-        """The (normalised) input itself: RQ-KMeans has no encoder."""
-        return self.prepare_input(x)
+    def quantize_batch(self, r: Tensor) -> QuantizedBatch:
+        """Greedy residual assignment of every row of ``r`` (prepared input), level by level."""
+        codes, quantized, residuals, distances = [], [], [], []
+        for level in range(self.n_levels):
+            c = self.centroids[level]
+            d = r.pow(2).sum(-1, keepdim=True) - 2.0 * (r @ c.T) + c.pow(2).sum(-1)
+            code = d.argmin(dim=-1)
+            e = c[code]
+            codes.append(code)
+            quantized.append(e)
+            residuals.append(r)
+            distances.append(d)
+            r = r - e
+        return QuantizedBatch(torch.stack(codes, 1), torch.stack(quantized, 1), torch.stack(residuals, 1), torch.stack(distances, 1))
 
     # -- Artifact ---------------------------------------------------------------------------------
     def artifact_config(self) -> Dict[str, Any]:

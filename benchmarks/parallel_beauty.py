@@ -67,8 +67,14 @@ def load_sids(data_dir: str, dataset: str, tok: dict, collisions: str, cache: Pa
         from semid_pipeline.core.enrich.text_encoder import TextEncoder, TextEncoderParams
 
         embed = TextEncoder(TextEncoderParams(device="cpu")).encode
-    res = train_tokenizer(x, params, paths, embed, progress=print)
-    enc = res.tokenizer.encode_full(x)
+    collab = None
+    if params.collaborative_dims > 0:  # [text ; SASRec item vector] input (needs item_collaborative_embeddings in --data-dir)
+        from semid_pipeline.core.tokenizers.collaborative import collaborative_matrix
+
+        table = storage.read_table(data_dir, "item_collaborative_embeddings", dataset)
+        collab = collaborative_matrix(table, emb["item_idx"].to_numpy(np.int64))
+    res = train_tokenizer(x, params, paths, embed, progress=print, collaborative=collab)
+    enc = res.tokenizer.encode_full(x if collab is None else np.concatenate([x, collab], 1))
     codes = enc.codes
     sids, _ = resolve_collisions(codes, enc.last_distances, strategy=collisions, seed=0)
     info = {

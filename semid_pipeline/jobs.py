@@ -43,9 +43,11 @@ retrieval_job = define_asset_job(
 
 retokenize_job = define_asset_job(
     "retokenize",
-    selection=(AssetSelection.assets("item_text_embeddings").downstream() | AssetSelection.assets("incoming_items")) - ON_DEMAND,
+    selection=(
+        AssetSelection.assets("item_text_embeddings", "item_collaborative_embeddings").downstream() | AssetSelection.assets("incoming_items")
+    ) - ON_DEMAND,
     partitions_def=dataset_partitions,
-    description="Mode 'full': re-embed items (+ incoming ones), retrain the tokenizer, reassign every SID, "
+    description="Mode 'full': re-embed items (text and co-occurrence; + incoming ones), retrain the tokenizer, reassign every SID, "
     "record the version, retrain and re-evaluate the recommender.",
 )
 

@@ -53,3 +53,16 @@ def tiny_resources(data_dir: Path, dataset_options: dict | None = None) -> dict:
 
     options = {"demo": TINY_DEMO, **(dataset_options or {})}
     return build_resources(data_dir=str(data_dir), datasets_options_json=json.dumps(options))
+
+
+def write_collaborative_placeholder(data_dir, dataset: str, items) -> None:
+    """An ``item_collaborative_embeddings`` table for tests that write the tokenizer's inputs by hand: zero
+    vectors, no occurrences (a text-only tokenizer, ``collaborative_dims: 0``, reads but ignores it)."""
+    import numpy as np
+
+    from semid_pipeline.core import storage
+
+    frame = items[["item_idx", "item_id"]].copy()
+    frame["embedding"] = [np.zeros(4, np.float32)] * len(frame)
+    frame["n_occurrences"] = 0
+    storage.write_table(data_dir, "item_collaborative_embeddings", dataset, frame)

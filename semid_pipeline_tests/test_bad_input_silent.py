@@ -17,7 +17,7 @@ from semid_pipeline.core.tokenizers.versioning import (
     VersionMismatchError, check_same_assignment, current_assignment_id, version_rows,
 )
 from semid_pipeline.definitions import all_assets
-from semid_pipeline_tests.conftest import tiny_resources
+from semid_pipeline_tests.conftest import tiny_resources, write_collaborative_placeholder
 from semid_pipeline_tests.test_recommender_assets import write_inputs
 
 ITEMS = [f"B{i:04d}" for i in range(8)]
@@ -120,6 +120,7 @@ def _versioning_inputs(tmp_path):
     storage.write_table(tmp_path, "items", "demo", items)
     storage.write_table(tmp_path, "user_sequences", "demo", prepared.user_sequences)
     storage.write_table(tmp_path, "item_text_embeddings", "demo", items[["item_idx", "item_id"]].assign(embedding=list(x)))
+    write_collaborative_placeholder(tmp_path, "demo", items)
     save_artifact(_tokenizer(0, x), storage.model_dir(tmp_path, "sid_tokenizer", "demo"))
     return tmp_path
 

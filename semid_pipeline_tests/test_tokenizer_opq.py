@@ -117,7 +117,7 @@ def test_opq_through_the_tokenizer_assets(tmp_path):
 
     from semid_pipeline.core import storage
     from semid_pipeline.definitions import all_assets
-    from semid_pipeline_tests.conftest import tiny_resources
+    from semid_pipeline_tests.conftest import tiny_resources, write_collaborative_placeholder
 
     x, paths = synthetic(n=400, dim=24)
     n = len(x)
@@ -125,6 +125,7 @@ def test_opq_through_the_tokenizer_assets(tmp_path):
     emb = pd.DataFrame({"item_idx": np.arange(n), "item_id": ids, "embedding": list(x)})
     storage.write_table(tmp_path, "item_text_embeddings", "demo", emb)
     storage.write_table(tmp_path, "catalog_item_embeddings", "demo", emb.assign(origin="prepared"))
+    write_collaborative_placeholder(tmp_path, "demo", emb)
     storage.write_table(tmp_path, "item_tags", "demo", pd.DataFrame({
         "item_idx": np.arange(n), "item_id": ids, "tag_path": paths, "generated_path": paths, "true_path": paths,
         "candidates": [[["x"]]] * n, "scores": [[1.0]] * n, "tag_source": "true",

@@ -13,6 +13,8 @@ from dagster import AssetExecutionContext, Config, Output, asset
 
 from semid_pipeline.core.enrich.fusion import FusionParams, train_fusion
 from semid_pipeline.core.enrich.item_text import compose_item_texts
+from semid_pipeline.core.frames import split_inputs
+from semid_pipeline.core.tokenizers.collaborative import item_occurrences
 from semid_pipeline.metadata import line_plot, readable
 from semid_pipeline.partitions import dataset_partitions
 from semid_pipeline.resources import TextEncoderResource
@@ -84,3 +86,28 @@ def item_text_embeddings(
         }
     )
     return Output(df, metadata=readable(metadata))
+
+
+
+@asset(partitions_def=dataset_partitions, group_name="embeddings", io_manager_key="table_io")
+def item_collaborative_embeddings(context: AssetExecutionContext, sasrec_model, items: pd.DataFrame, user_sequences: pd.DataFrame) -> Output:
+    """Each item's collaborative vector: its row of the SASRec-CE item table (trained on the training
+    sequences only), with how often it occurs there. The optional second half of the tokenizer input
+    (``TokenizerConfig.collaborative_dims``); items with ``n_occurrences = 0`` get theirs predicted from text."""
+    histories, _ = split_inputs(user_sequences, "valid")
+    emb = sasrec_model.item_embeddings()
+    if len(emb) != len(items):
+        raise ValueError(f"sasrec_model scores {len(emb)} items but the catalogue `items` has {len(items)}: re-materialize sasrec_model")
+    counts = item_occurrences(histories, len(items))
+    table = pd.DataFrame({
+        "item_idx": np.arange(len(items), dtype=np.int64),
+        "item_id": items.sort_values("item_idx")["item_id"].to_numpy(),
+        "embedding": list(emb),
+        "n_occurrences": counts,
+    })
+    missing = int((counts == 0).sum())
+    context.log.info(f"collaborative vectors: {len(items):,} items x {emb.shape[1]} dims; {missing:,} never in a training sequence")
+    return Output(table, metadata=readable({
+        "n_items": len(items), "dims": int(emb.shape[1]), "items_without_interactions": missing,
+        "source": "sasrec_model item table (core/tokenizers/collaborative.py)",
+    }))

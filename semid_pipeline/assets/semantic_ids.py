@@ -9,6 +9,7 @@ from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, Con
 from semid_pipeline.core.frames import by_item, embedding_matrix
 from semid_pipeline.core.storage import read_table, table_path
 from semid_pipeline.core.tokenizers.assign import assign_frozen, assign_full, encode_catalog
+from semid_pipeline.core.tokenizers.collaborative import tokenizer_input
 from semid_pipeline.core.tokenizers.collisions import codebook_stats, collision_rate
 from semid_pipeline.core.tokenizers.versioning import model_version
 from semid_pipeline.metadata import bar_plots, glossary, md_table, readable
@@ -22,6 +23,8 @@ SID_GLOSSARY = {
     "while the last training epoch still changed the weights, so it differs)",
     "collision_rate_after": "the same share for the final SIDs, after the collision strategy: 0 when every SID is unique",
     "sid_length": "tokens per SID: the L code levels, plus the appended de-duplication token with append_token",
+    "collaborative_input": "tokenizers trained with collaborative_dims > 0 read [text ; co-occurrence embedding]; items that never "
+    "occurred in a training sequence (e.g. new catalog items) get the co-occurrence part predicted from their text",
     "max_dedup_token": "largest appended token (size of the biggest collision group minus one; 0 with sinkhorn)",
     "codebook_stats": "per level (numbered from 1): codes used, utilisation, perplexity, distinct prefixes",
 }
@@ -53,12 +56,17 @@ class SemanticIdConfig(Config):
     ],
 )
 def semantic_ids(
-    context: AssetExecutionContext, config: SemanticIdConfig, sid_tokenizer, catalog_item_embeddings: pd.DataFrame, storage: StorageResource
+    context: AssetExecutionContext,
+    config: SemanticIdConfig,
+    sid_tokenizer,
+    catalog_item_embeddings: pd.DataFrame,
+    item_collaborative_embeddings: pd.DataFrame,
+    storage: StorageResource,
 ):
     """Each catalog item's codes from the tokenizer, made unique by the collision strategy; in
     ``frozen`` mode items that already had a SID keep it. ``tokenizer_version`` names the tokenizer."""
     emb = by_item(catalog_item_embeddings)
-    x = embedding_matrix(emb)
+    x = tokenizer_input(sid_tokenizer, embedding_matrix(emb), item_collaborative_embeddings, emb["item_idx"].to_numpy(np.int64))
     codes, last_distances = encode_catalog(sid_tokenizer, x, config.batch_size, last_distances=config.collision_strategy != "append_token")
     version = model_version(sid_tokenizer)
     idx, ids = emb["item_idx"].to_numpy(np.int64), emb["item_id"].astype(str).to_numpy()
@@ -95,6 +103,10 @@ def semantic_ids(
             "mode": config.mode if previous is not None else "full",
             "n_new": int((df["status"] == "new").sum()),
             "n_kept": int((df["status"] == "kept").sum()),
+            "collaborative_input": (
+                f"{inputs.n_predicted(x)} of {len(x)} items without interactions: collaborative part predicted from text"
+                if (inputs := getattr(sid_tokenizer, "inputs", None)) is not None else "off (text only)"
+            ),
             "codebook_stats": md_table(pd.DataFrame(stats)),
             "code_usage": bar_plots(usage, "Items per code, each level"),
             "glossary": glossary(SID_GLOSSARY),

@@ -12,6 +12,7 @@ from dagster import AssetExecutionContext, Config, Output, asset
 
 from semid_pipeline.core.frames import by_item, embedding_matrix, tag_paths_for
 from semid_pipeline.core.tokenizers.base import TokenizerParams, train_tokenizer
+from semid_pipeline.core.tokenizers.collaborative import collaborative_matrix
 from semid_pipeline.metadata import curves, glossary, md_table, readable
 from semid_pipeline.partitions import dataset_partitions
 from semid_pipeline.resources import TextEncoderResource
@@ -27,15 +28,18 @@ def sid_tokenizer(
     config: TokenizerConfig,
     item_text_embeddings: pd.DataFrame,
     item_tags: pd.DataFrame,
+    item_collaborative_embeddings: pd.DataFrame,
     text_encoder: TextEncoderResource,
 ) -> Output:
     """The trained item tokenizer with its per-level tag heads (safetensors + JSON)."""
     params = TokenizerParams(**{k: getattr(config, k) for k in TokenizerParams.model_fields})
     emb = by_item(item_text_embeddings)
     x = embedding_matrix(emb)
-    paths = tag_paths_for(item_tags, emb["item_idx"].to_numpy(np.int64))
+    item_idx = emb["item_idx"].to_numpy(np.int64)
+    paths = tag_paths_for(item_tags, item_idx)
     encoder = text_encoder.get() if params.tag_alignment and params.kind == "rqvae" else None
-    result = train_tokenizer(x, params, paths, encoder.encode if encoder is not None else None, progress=context.log.info)
+    collab = collaborative_matrix(item_collaborative_embeddings, item_idx) if params.collaborative_dims > 0 else None
+    result = train_tokenizer(x, params, paths, encoder.encode if encoder is not None else None, progress=context.log.info, collaborative=collab)
     metadata = {
         "kind": params.kind,
         "losses_on": ", ".join(k for k in ("tag_alignment", "tag_prediction", "uniqueness", "hcc", "csc", "dispersion") if getattr(params, k)) or "TIGER only",
@@ -43,6 +47,11 @@ def sid_tokenizer(
         "tag_classes_per_level": [len(k) for k in result.tokenizer.tag_keys],
         "n_items": int(x.shape[0]),
         "input_dim": int(x.shape[1]),
+        "collaborative_input": (
+            f"{params.text_dims} text + {params.collaborative_dims} collaborative dims; "
+            f"{result.tokenizer.inputs.n_predicted(np.concatenate([x, collab], 1))} items predicted from text"
+            if collab is not None else "off (text only)"
+        ),
         "n_levels": int(result.tokenizer.n_levels),
         "codebook_size": int(result.tokenizer.codebook_size),
     }

@@ -7,6 +7,7 @@ import pandas as pd
 from dagster import AssetExecutionContext, AssetOut, Config, Output, multi_asset
 
 from semid_pipeline.core.frames import by_item, embedding_matrix, tag_paths_for
+from semid_pipeline.core.tokenizers.collaborative import tokenizer_input
 from semid_pipeline.core.tokenizers.base import tag_labels_for
 from semid_pipeline.core.tokenizers.quality import tokenizer_quality as measure_quality
 from semid_pipeline.metadata import bar_plots, glossary, md_table, png_markdown, readable
@@ -57,9 +58,10 @@ def tokenizer_quality(
     item_text_embeddings: pd.DataFrame,
     item_tags: pd.DataFrame,
     semantic_ids: pd.DataFrame,
+    item_collaborative_embeddings: pd.DataFrame,
 ):
     emb = by_item(item_text_embeddings)
-    x = embedding_matrix(emb)
+    x = tokenizer_input(sid_tokenizer, embedding_matrix(emb), item_collaborative_embeddings, emb["item_idx"].to_numpy(np.int64))
     assigned = semantic_ids.set_index("item_idx").reindex(emb["item_idx"].to_numpy(np.int64))
     if assigned["sid"].isna().any():
         missing = emb["item_idx"].to_numpy()[assigned["sid"].isna().to_numpy()]

@@ -197,6 +197,10 @@ class SASRec(nn.Module, Artifact):
             x = block(x, mask)
         return self.final_norm(x)
 
+    def item_embeddings(self) -> np.ndarray:
+        """``[n_items, hidden]`` float32: the learned (tied input/output) vector of each item, row = ``item_idx``."""
+        return self.item_emb.weight[1:].detach().float().cpu().numpy()
+
     def item_scores(self, hidden: torch.Tensor) -> torch.Tensor:
         """Tied output layer: ``hidden [..., d] -> scores [..., n_items]`` (column ``i`` = item ``i``)."""
         return hidden @ self.item_emb.weight[1:].T

@@ -30,6 +30,7 @@ from semid_pipeline.core.artifacts import Artifact, register_artifact
 from semid_pipeline.core.device import configure_threads
 from semid_pipeline.core.params import check_limit
 from semid_pipeline.core.progress import ProgressFn
+from semid_pipeline.core.tokenizers.collaborative import CollaborativeInput, CollaborativeParams
 from semid_pipeline.core.tokenizers.opq import OPQ, OPQParams, fit_opq
 from semid_pipeline.core.tokenizers.rqkmeans import RQKMeans, RQKMeansParams, fit_rqkmeans
 from semid_pipeline.core.tokenizers.kmeans import check_embeddings
@@ -46,9 +47,10 @@ from semid_pipeline.core.tokenizers.supervision import (
 )
 
 
-class TokenizerParams(RQVAEParams, SupervisionParams, OPQParams):
-    """Which tokenizer, its sizes and training (``RQVAEParams``; ``OPQParams`` for ``kind: opq``), and
-    the supervised loss switches (``SupervisionParams``; all off = plain TIGER RQ-VAE, the default)."""
+class TokenizerParams(RQVAEParams, SupervisionParams, OPQParams, CollaborativeParams):
+    """Which tokenizer, its sizes and training (``RQVAEParams``; ``OPQParams`` for ``kind: opq``), the
+    supervised loss switches (``SupervisionParams``; all off = plain TIGER RQ-VAE, the default) and the
+    optional collaborative part of its input (``CollaborativeParams``; off by default)."""
 
     kind: Literal["rqvae", "rqkmeans", "opq"] = Field(
         default="rqvae",
@@ -100,8 +102,11 @@ class SIDTokenizer(Artifact):
         heads_source: str = "none",
         tag_settings: Optional[Dict[str, Any]] = None,
         residual_pq: Optional[OPQ] = None,
+        inputs: Optional[CollaborativeInput] = None,
     ):
         self.quantizer = quantizer
+        # [text ; collaborative] -> whitened blocks before the quantizer (TokenizerParams.collaborative_dims > 0)
+        self.inputs = inputs
         # hybrid SID: the quantizer's levels, then PQ digits of what they leave unexplained (TokenizerParams.residual_pq_digits)
         self.residual_pq = residual_pq
         self.heads = heads
@@ -118,12 +123,20 @@ class SIDTokenizer(Artifact):
     def n_levels(self) -> int:
         return int(self.quantizer.n_levels) + (self.residual_pq.n_levels if self.residual_pq is not None else 0)
 
+    def map_input(self, x) -> Tensor:
+        """``x`` as the quantizer reads it: unchanged, or ``[text ; collaborative]`` whitened by :attr:`inputs`."""
+        x = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x).float()
+        return self.inputs(x) if self.inputs is not None else x
+
     @torch.no_grad()
     def residual(self, x, quantized: Optional[Tensor] = None, batch_size: int = 8192) -> Tensor:
         """What the quantizer's levels leave unexplained, in its input space: ``prepare(x) - reconstruction``."""
-        x = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x).float()
+        return self._residual(self.map_input(x), quantized, batch_size)
+
+    @torch.no_grad()
+    def _residual(self, x: Tensor, quantized: Optional[Tensor], batch_size: int) -> Tensor:
         if quantized is None:
-            quantized = self.encode_full(x, batch_size, with_residual_pq=False).quantized
+            quantized = self._encode_full(x, batch_size, with_residual_pq=False).quantized
         if isinstance(self.quantizer, RQVAE):
             model = self.quantizer.eval()
             rec = torch.cat([model.decoder(quantized[i : i + batch_size].sum(1)) for i in range(0, max(x.shape[0], 1), batch_size)])
@@ -140,17 +153,18 @@ class SIDTokenizer(Artifact):
 
     def encode(self, x, batch_size: int = 8192) -> Tensor:
         """Codes ``(N, L)`` int64 on CPU."""
+        x = self.map_input(x)
         if self.residual_pq is not None:
-            return torch.from_numpy(self.encode_full(x, batch_size).codes)
-        return self.quantizer.encode(torch.as_tensor(x), batch_size=batch_size).cpu()
+            return torch.from_numpy(self._encode_full(x, batch_size, True).codes)
+        return self.quantizer.encode(x, batch_size=batch_size).cpu()
 
     def encode_latent(self, x, batch_size: int = 8192) -> Tensor:
         """Pre-quantization latents ``(N, D)`` (z_e for an RQ-VAE, the normalised input for RQ-KMeans);
         a hybrid appends the prepared input, from which :meth:`quantize` rebuilds the residual."""
-        z = self.quantizer.encode_latent(torch.as_tensor(x), batch_size)
+        x = self.map_input(x)
+        z = self.quantizer.encode_latent(x, batch_size)
         if self.residual_pq is None:
             return z
-        x = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x).float()
         prepared = self.quantizer.prepare_input(x)
         return torch.cat([z, prepared], 1)
 
@@ -180,7 +194,10 @@ class SIDTokenizer(Artifact):
     def encode_full(self, x, batch_size: int = 8192, with_residual_pq: bool = True) -> EncodeResult:
         """Codes, last-level distances, latents, codewords and reconstruction error. A hybrid's codes
         and last distances include its PQ digits; latents / codewords / error are the quantizer's."""
-        x = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x).float()
+        return self._encode_full(self.map_input(x), batch_size, with_residual_pq)
+
+    @torch.no_grad()
+    def _encode_full(self, x: Tensor, batch_size: int, with_residual_pq: bool) -> EncodeResult:
         if isinstance(self.quantizer, RQVAE):
             model = self.quantizer.eval()
             z = model.encode_latent(x, batch_size)
@@ -196,7 +213,7 @@ class SIDTokenizer(Artifact):
             recon = (z - quantized.sum(1)).pow(2).sum(-1)
         last = distances[:, -1]
         if with_residual_pq and self.residual_pq is not None:
-            pq = self.residual_pq.quantize(self.residual(x, quantized.cpu(), batch_size))
+            pq = self.residual_pq.quantize(self._residual(x, quantized.cpu(), batch_size))
             codes, last = torch.cat([codes.cpu(), pq.codes], 1), pq.distances[:, -1]
         return EncodeResult(
             codes=codes.cpu().numpy().astype(np.int64),
@@ -240,6 +257,7 @@ class SIDTokenizer(Artifact):
             "tag_keys": self.tag_keys,
             "tag_settings": self.tag_settings,
             "residual_pq": self.residual_pq.artifact_config() if self.residual_pq is not None else None,
+            "inputs": self.inputs.artifact_config() if self.inputs is not None else None,
         }
 
     def artifact_tensors(self) -> Dict[str, Tensor]:
@@ -248,6 +266,8 @@ class SIDTokenizer(Artifact):
             out.update({f"h.{k}": v for k, v in self.heads.state_dict().items()})
         if self.residual_pq is not None:
             out.update({f"r.{k}": v for k, v in self.residual_pq.artifact_tensors().items()})
+        if self.inputs is not None:
+            out.update({f"c.{k}": v for k, v in self.inputs.artifact_tensors().items()})
         return out
 
     @classmethod
@@ -263,7 +283,10 @@ class SIDTokenizer(Artifact):
         residual_pq = None
         if config.get("residual_pq"):
             residual_pq = OPQ.from_artifact(config["residual_pq"], {k[2:]: v for k, v in tensors.items() if k.startswith("r.")})
-        return cls(quantizer, heads, config.get("tag_keys") or [], config.get("heads_source", "none"), config.get("tag_settings"), residual_pq)
+        inputs = None
+        if config.get("inputs"):
+            inputs = CollaborativeInput.from_artifact(config["inputs"], {k[2:]: v for k, v in tensors.items() if k.startswith("c.")})
+        return cls(quantizer, heads, config.get("tag_keys") or [], config.get("heads_source", "none"), config.get("tag_settings"), residual_pq, inputs)
 
 
 def tag_labels_for(tokenizer: SIDTokenizer, tag_paths: Sequence[Any]) -> Tuple[TagVocab, np.ndarray]:
@@ -296,6 +319,7 @@ def train_tokenizer(
     tag_paths: Optional[Sequence[Any]] = None,
     embed_texts: Optional[Callable[[List[str]], np.ndarray]] = None,
     progress: Optional[ProgressFn] = None,
+    collaborative: Optional[np.ndarray] = None,
 ) -> TokenizerResult:
     """Fits the tokenizer ``params.kind`` on ``embeddings`` ``(N, dim)`` in row order.
 
@@ -304,9 +328,24 @@ def train_tokenizer(
     heads; ``embed_texts`` embeds the tag texts for HiD-VAE's alignment loss. Without tags, tag
     losses must be off. When the tokenizer did not learn classifiers jointly (no tag_prediction, or
     RQ-KMeans), classifiers are fitted afterwards on its frozen codewords (``heads_source='probe'``).
+    With ``params.collaborative_dims > 0``, ``collaborative`` ``(N, c)`` (``NaN`` rows: items without
+    interactions) is the collaborative part of the input (``core/tokenizers/collaborative.py``): the
+    tokenizer learns on ``[whiten(text) ; whiten(collaborative)]`` and encodes ``[text ; collaborative]``.
     """
     x = check_embeddings(embeddings)
     n = x.shape[0]
+    raw, inputs = x, None
+    if params.collaborative_dims > 0:
+        if collaborative is None:
+            raise ValueError("collaborative_dims > 0 needs the items' collaborative embeddings (item_collaborative_embeddings)")
+        inputs = CollaborativeInput.fit(x, collaborative, _sub(params, CollaborativeParams))
+        raw = np.concatenate([x, np.asarray(collaborative, dtype=np.float32)], 1)
+        x = inputs(torch.from_numpy(raw)).numpy()
+        if progress is not None:
+            progress(
+                f"tokenizer input: {params.text_dims} whitened text + {params.collaborative_dims} whitened collaborative dims; "
+                f"{inputs.n_predicted(raw):,} of {n:,} items without interactions get theirs predicted from text"
+            )
     check_limit("codebook_size", params.codebook_size, high=n, high_reason=CODEBOOK_LIMIT)
     faiss.omp_set_num_threads(configure_threads(None))  # SEMID_NUM_THREADS for torch and faiss alike
     sup = _sub(params, SupervisionParams)
@@ -354,11 +393,11 @@ def train_tokenizer(
         pq_params = OPQParams(**{**_sub(params, OPQParams).model_dump(), "pq_digits": params.residual_pq_digits, "normalize_pq_input": False})
         residual_pq = fit_opq(residual, pq_params, progress=progress)
     settings = {"tag_levels": params.tag_levels, "min_tag_items": params.min_tag_items, "heldout_fraction": params.heldout_fraction, "seed": params.seed}
-    tok = SIDTokenizer(quantizer, heads, vocab.keys if vocab is not None else [], source, settings, residual_pq)
+    tok = SIDTokenizer(quantizer, heads, vocab.keys if vocab is not None else [], source, settings, residual_pq, inputs)
     if vocab is not None and (heads is None or params.refit_epochs > 0):
         # classifiers on the final frozen codewords: a probe for tokenizers without tag prediction,
         # a refit of the jointly trained heads otherwise (their inputs moved during training)
-        q = tok.encode_full(x, with_residual_pq=False).quantized
+        q = tok.encode_full(raw, with_residual_pq=False).quantized
         tok.heads = fit_probe_heads(
             q, train_labels[:, : int(tok.quantizer.n_levels)], q.shape[-1], epochs=params.probe_epochs if heads is None else params.refit_epochs, seed=params.seed,
             n_classes=[max(len(k), 1) for k in vocab.keys], init=heads, max_hidden=params.probe_max_hidden if heads is None else None,

@@ -10,11 +10,12 @@ al. 2024) and ETEGRec make the same point with a learned collaborative regularis
 table of the SASRec-CE baseline that the pipeline trains anyway (``sasrec_model``: trained on the
 training sequences only, checkpoint chosen on validation; test items are never read).
 
-Measured on Amazon Beauty (issue 14, ``benchmarks/results/parallel/``, 10 minutes of the parallel
-model, 1 thread, validation Recall@10 / NDCG@10): text-only OPQ .082 / .047; text + SASRec vectors
-.088 / .051 (test .0679 / .0398 vs .0620 / .0384 after 30 minutes on text); SASRec vectors alone
-.089 / .051. We also tried a PPMI-SVD co-occurrence embedding (window 5, 64 dims, no model needed):
-.073 at epoch 11 where text alone had .074, so it is not offered.
+Measured on Amazon Beauty (issue 14; parallel model, 1 thread, test R@10 / N@10): 5-minute ablation rows
+(``benchmarks/results/parallel/abl-opq16collab-digit-id.json`` vs ``tune-digit-id-bf16-5min.json``) .0650 /
+.0377 with the collaborative half vs .0606 / .0342 on text alone; the 30-minute ``run_pipeline.py`` rows
+.0688 / .0416 vs .0620 / .0384. In exploratory 10-minute runs the SASRec vectors alone did as well as
+``[text ; SASRec]``, and a PPMI-SVD co-occurrence embedding (window 5, 64 dims, no model needed) did worse
+than text alone, so neither is offered.
 
 What
 ----

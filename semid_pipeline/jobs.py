@@ -47,7 +47,7 @@ retokenize_job = define_asset_job(
         AssetSelection.assets("item_text_embeddings", "item_collaborative_embeddings").downstream() | AssetSelection.assets("incoming_items")
     ) - ON_DEMAND,
     partitions_def=dataset_partitions,
-    description="Mode 'full': re-embed items (text and co-occurrence; + incoming ones), retrain the tokenizer, reassign every SID, "
+    description="Mode 'full': re-embed items (text, and the SASRec-CE collaborative vectors; + incoming ones), retrain the tokenizer, reassign every SID, "
     "record the version, retrain and re-evaluate the recommender.",
 )
 

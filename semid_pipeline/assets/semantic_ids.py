@@ -23,8 +23,8 @@ SID_GLOSSARY = {
     "while the last training epoch still changed the weights, so it differs)",
     "collision_rate_after": "the same share for the final SIDs, after the collision strategy: 0 when every SID is unique",
     "sid_length": "tokens per SID: the L code levels, plus the appended de-duplication token with append_token",
-    "collaborative_input": "tokenizers trained with collaborative_dims > 0 read [text ; co-occurrence embedding]; items that never "
-    "occurred in a training sequence (e.g. new catalog items) get the co-occurrence part predicted from their text",
+    "collaborative_input": "tokenizers trained with collaborative_dims > 0 read [text ; SASRec-CE item vector]; items that never "
+    "occurred in a training sequence (e.g. new catalog items) get the collaborative part predicted from their text",
     "max_dedup_token": "largest appended token (size of the biggest collision group minus one; 0 with sinkhorn)",
     "codebook_stats": "per level (numbered from 1): codes used, utilisation, perplexity, distinct prefixes",
 }

@@ -13,7 +13,7 @@ from dagster import AssetExecutionContext, Config, Output, asset
 
 from semid_pipeline.core.enrich.fusion import FusionParams, train_fusion
 from semid_pipeline.core.enrich.item_text import compose_item_texts
-from semid_pipeline.core.frames import split_inputs
+from semid_pipeline.core.frames import item_column, split_inputs
 from semid_pipeline.core.tokenizers.collaborative import item_occurrences
 from semid_pipeline.metadata import line_plot, readable
 from semid_pipeline.partitions import dataset_partitions
@@ -101,7 +101,7 @@ def item_collaborative_embeddings(context: AssetExecutionContext, sasrec_model, 
     counts = item_occurrences(histories, len(items))
     table = pd.DataFrame({
         "item_idx": np.arange(len(items), dtype=np.int64),
-        "item_id": items.sort_values("item_idx")["item_id"].to_numpy(),
+        "item_id": item_column(items, "item_id"),
         "embedding": list(emb),
         "n_occurrences": counts,
     })

@@ -49,7 +49,7 @@ def sid_tokenizer(
         "input_dim": int(x.shape[1]),
         "collaborative_input": (
             f"{params.text_dims} text + {params.collaborative_dims} collaborative dims; "
-            f"{result.tokenizer.inputs.n_predicted(np.concatenate([x, collab], 1))} items predicted from text"
+            f"{int(np.isnan(collab).any(axis=1).sum())} items predicted from text"
             if collab is not None else "off (text only)"
         ),
         "n_levels": int(result.tokenizer.n_levels),

@@ -34,6 +34,7 @@ from __future__ import annotations
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
+import pandas as pd
 import torch
 from pydantic import Field
 from torch import Tensor
@@ -58,13 +59,10 @@ class CollaborativeParams(StrictParams):
 
 def item_occurrences(histories: Sequence[np.ndarray], n_items: int) -> np.ndarray:
     """``[n_items]`` int64: how often each item occurs in the (training) ``histories``."""
-    counts = np.zeros(n_items, dtype=np.int64)
-    for h in histories:
-        h = np.asarray(h, dtype=np.int64).reshape(-1)
-        if h.size and (h.min() < 0 or h.max() >= n_items):
-            raise ValueError(f"history item indices must lie in [0, {n_items}), got [{h.min()}, {h.max()}]")
-        np.add.at(counts, h, 1)
-    return counts
+    flat = np.concatenate([np.asarray(h, dtype=np.int64).reshape(-1) for h in histories]) if len(histories) else np.zeros(0, np.int64)
+    if flat.size and (flat.min() < 0 or flat.max() >= n_items):
+        raise ValueError(f"history item indices must lie in [0, {n_items}), got [{flat.min()}, {flat.max()}]")
+    return np.bincount(flat, minlength=n_items).astype(np.int64)
 
 
 def _whitening(x: np.ndarray, dims: int, what: str) -> Tuple[np.ndarray, np.ndarray]:
@@ -172,15 +170,14 @@ def collaborative_matrix(table, item_idx: Sequence[int], dims: Optional[int] = N
     ``n_occurrences``) for each ``item_idx`` in order; ``NaN`` rows for items it lacks or that never occurred
     in training (SASRec only ever pushed those away as negatives)."""
     idx = np.asarray(item_idx, dtype=np.int64)
-    emb = np.stack(table["embedding"].to_numpy()).astype(np.float32) if len(table) else np.zeros((0, dims or 1), np.float32)
-    width = emb.shape[1] if len(table) else int(dims or 1)
-    out = np.full((len(idx), width), np.nan, np.float32)
-    pos = {int(i): r for r, i in enumerate(table["item_idx"].to_numpy(np.int64).tolist())}
-    occurred = table["n_occurrences"].to_numpy(np.int64) > 0 if len(table) else np.zeros(0, bool)
-    for row, i in enumerate(idx.tolist()):
-        r = pos.get(i)
-        if r is not None and occurred[r]:
-            out[row] = emb[r]
+    if not len(table):
+        return np.full((len(idx), int(dims or 1)), np.nan, np.float32)
+    emb = np.stack(table["embedding"].to_numpy()).astype(np.float32)
+    row = pd.Index(table["item_idx"].to_numpy(np.int64)).get_indexer(idx)  # -1: not in the table
+    usable = row >= 0
+    usable[usable] = table["n_occurrences"].to_numpy(np.int64)[row[usable]] > 0
+    out = np.full((len(idx), emb.shape[1]), np.nan, np.float32)
+    out[usable] = emb[row[usable]]
     return out
 
 

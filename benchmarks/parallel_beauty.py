@@ -141,7 +141,12 @@ def main(argv=None):
         from semid_pipeline.core.recommender.parallel_train import train_parallel
 
         params = ParallelParams(**sets)
-        res = train_parallel(sids, train, valid_t, params, progress=print)
+        teacher = None
+        if params.distill_weight > 0:  # the data dir's SASRec-CE (sasrec_model) is the teacher
+            from semid_pipeline.core.artifacts import load_artifact
+
+            teacher = load_artifact(storage.model_dir(args.data_dir, "sasrec_model", args.dataset))
+        res = train_parallel(sids, train, valid_t, params, progress=print, teacher=teacher)
         model, history, best_epoch = res.model, res.history, res.best_epoch
         result["train_seconds"] = round(res.seconds, 1)
         gp = DecodeParams(**parse_sets(args.graph))

@@ -55,6 +55,19 @@ def tiny_resources(data_dir: Path, dataset_options: dict | None = None) -> dict:
     return build_resources(data_dir=str(data_dir), datasets_options_json=json.dumps(options))
 
 
+def write_untrained_sasrec(data_dir, dataset: str, n_items: int) -> None:
+    """A ``sasrec_model`` artifact for tests that write the recommender's inputs by hand: a tiny, untrained
+    SASRec over ``n_items`` (``generative_recommender`` reads it; only ``distill_weight > 0`` uses it)."""
+    import torch
+
+    from semid_pipeline.core import storage
+    from semid_pipeline.core.artifacts import save_artifact
+    from semid_pipeline.core.baselines.sasrec import SASRec, SASRecParams
+
+    torch.manual_seed(0)
+    save_artifact(SASRec(n_items, SASRecParams(hidden=8, n_layers=1)), storage.model_dir(data_dir, "sasrec_model", dataset))
+
+
 def write_collaborative_placeholder(data_dir, dataset: str, items) -> None:
     """An ``item_collaborative_embeddings`` table for tests that write the tokenizer's inputs by hand: zero
     vectors, no occurrences (a text-only tokenizer, ``collaborative_dims: 0``, reads but ignores it)."""

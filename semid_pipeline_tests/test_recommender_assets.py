@@ -9,7 +9,7 @@ from semid_pipeline.core.artifacts import load_artifact
 from semid_pipeline.core.enrich.descriptors import empty_scores
 from semid_pipeline.definitions import all_assets
 from semid_pipeline.resources import TextEncoderResource
-from semid_pipeline_tests.conftest import tiny_resources
+from semid_pipeline_tests.conftest import tiny_resources, write_untrained_sasrec
 from semid_pipeline_tests.test_recommender_train import CHAIN, N_CHAINS, chain_data
 from semid_pipeline_tests.test_recommender_trie import random_sids
 
@@ -55,6 +55,7 @@ def write_inputs(data_dir):
     }))
     # a declared input of generative_recommender (QARM reward); empty = the QARM stage was skipped
     storage.write_table(data_dir, "item_quality_scores", "demo", empty_scores())
+    write_untrained_sasrec(data_dir, "demo", n)
     return sids, paths
 
 

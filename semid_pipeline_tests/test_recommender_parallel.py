@@ -79,6 +79,110 @@ def test_composed_scores_and_losses_match_brute_force():
     assert torch.isfinite(model.loss(x, y, generator=torch.Generator().manual_seed(0)))
 
 
+def test_label_smoothing_mixes_uniform_digit_targets():
+    sids = opq_like_sids()
+    torch.manual_seed(0)
+    model = ParallelRecommender(torch.from_numpy(sids), 8, small(label_smoothing=0.2))
+    x = torch.tensor([[0, 3, 7], [5, 6, 1]]) + 1
+    y = torch.tensor([[3, 7, 9], [6, 1, 2]]) + 1
+    h = model(x).reshape(-1, 32)
+    logp = F.log_softmax(model.digit_cosines(h) / 0.1, dim=-1)  # [6, 4, 8]
+    labels = torch.from_numpy(sids)[(y - 1).reshape(-1)]
+    nll = -logp.gather(-1, labels[..., None]).squeeze(-1).mean()
+    uniform = -logp.mean()
+    torch.testing.assert_close(model.loss(x, y), 0.8 * nll + 0.2 * uniform)
+
+
+def test_item_id_dropout_swaps_in_the_new_item_row_only_in_training():
+    sids = torch.from_numpy(opq_like_sids())
+    torch.manual_seed(0)
+    model = ParallelRecommender(sids, 8, small(item_id_embedding=True, item_id_dropout=0.999))
+    with torch.no_grad():
+        model.item_emb.weight[1:].normal_()
+    x = torch.arange(1, 41).reshape(2, 20)  # 40 known items, no padding
+    model.eval()
+    clean = model(x)
+    as_new = model(torch.arange(N + 1, N + 41).reshape(2, 20), torch.cat([sids, sids[:40]]))  # same digits, new-item row
+    assert not torch.allclose(clean, as_new)
+    model.train()  # (no other dropout in small())
+    torch.manual_seed(1)
+    torch.testing.assert_close(model(x), as_new)  # every ID row dropped (p = 0.999 with this seed)
+    model.params = small(item_id_embedding=True, item_id_dropout=0.0)
+    torch.testing.assert_close(model(x), clean)
+
+
+class LookupTeacher(torch.nn.Module):
+    """A next-item 'model' whose scores depend on the current item only (a fixed score table)."""
+
+    def __init__(self, scores: torch.Tensor):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.cat([torch.zeros(1, scores.shape[1]), scores]), requires_grad=False)
+        self.n_items = scores.shape[1]
+
+    @property
+    def device(self):
+        return self.table.device
+
+    def forward(self, items):
+        return self.table[items]
+
+    def item_scores(self, hidden):
+        return hidden
+
+
+def test_teacher_targets_and_distillation_loss_match_brute_force():
+    from semid_pipeline.core.recommender.parallel_train import position_index, teacher_top_items
+
+    sids = torch.from_numpy(opq_like_sids())
+    g = torch.Generator().manual_seed(0)
+    teacher = LookupTeacher(torch.randn(N, N, generator=g) * 3)
+    x = torch.tensor([[0, 3, 7], [5, 6, 1]]) + 1
+    y = torch.tensor([[3, 7, 9], [6, 1, 2]]) + 1
+    x[0, 0] = 0  # padding
+    items, probs = teacher_top_items(teacher, x.numpy(), top_k=5, temperature=2.0, batch_size=1)
+    assert items.shape == probs.shape == (5, 5)  # 5 real positions, row-major
+    top = torch.topk(teacher.table[x[1, 1]] / 2.0, 5)  # the 4th real position: current item 6
+    np.testing.assert_array_equal(items[3], top.indices.numpy())
+    np.testing.assert_allclose(probs[3].astype(np.float32), torch.softmax(top.values, 0).numpy(), atol=1e-3)
+    np.testing.assert_array_equal(position_index(np.array([2, 3]), np.array([1, 0])), [2, 3, 4, 0, 1])
+
+    torch.manual_seed(0)
+    model = ParallelRecommender(sids, 8, small(distill_weight=0.3))
+    it, pr = torch.from_numpy(items), torch.from_numpy(probs)
+    q = model.teacher_digit_targets(it, pr)  # [P, D, K]
+    for k in range(4):
+        expected = torch.zeros(8).index_add_(0, sids[it[3].long(), k], pr[3].float())
+        torch.testing.assert_close(q[3, k], expected)
+    real = x != 0
+    h = model(x)[real]
+    logp = F.log_softmax(model.digit_cosines(h) / 0.1, dim=-1)
+    labels = sids[y[real] - 1]
+    hard = -logp.gather(-1, labels[..., None]).mean()
+    soft = -(q * logp).sum(-1).mean()
+    torch.testing.assert_close(model.loss(x, y, teacher=(it, pr)), 0.7 * hard + 0.3 * soft)
+    torch.testing.assert_close(model.loss(x, y), hard)  # no teacher given: the hard loss
+    assert model.model_name == "rpg_kd"
+    with pytest.raises(ValueError, match="needs loss: per_digit"):
+        small(loss="item", distill_weight=0.5)
+
+
+def test_distillation_needs_a_matching_teacher_and_learns_from_one():
+    sids = opq_like_sids()
+    train, valid, test = chain_data(n_users=200)
+    with pytest.raises(ValueError, match="needs a teacher"):
+        train_parallel(sids, train, valid, small(distill_weight=0.5), codebook_size=8)
+    with pytest.raises(ValueError, match="teacher scores 3 items"):
+        train_parallel(sids, train, valid, small(distill_weight=0.5), codebook_size=8, teacher=LookupTeacher(torch.zeros(3, 3)))
+    # an oracle teacher (the chain's next item) trains the model even when every hard label is dropped
+    nxt = torch.full((N, N), -20.0)
+    for i in range(N):  # users walk cycles of CHAIN items
+        nxt[i, (i // CHAIN) * CHAIN + (i + 1) % CHAIN] = 20.0
+    res = train_parallel(sids, train, valid, small(distill_weight=1.0), codebook_size=8, teacher=LookupTeacher(nxt))
+    hist = [np.append(t, v) for t, v in zip(train, valid)]
+    items, _ = recommend_exact(res.model, sids, hist, 10)
+    assert recall_at_k(items, test, 10).mean() > 0.9
+
+
 def test_fused_composed_cross_entropy_equals_unfused_value_and_gradient():
     from semid_pipeline.core.recommender.parallel import composed_cross_entropy, flat_codes
 
@@ -191,3 +295,15 @@ def test_generative_recommender_kind_parallel_asset_and_frozen_new_item(tmp_path
     recs = storage.read_table(tmp_path, "generative_recommendations", "demo")
     user0 = recs[(recs["split"] == "test") & (recs["user_idx"] == 0)]
     assert "new-item" in set(user0["item_id"])
+
+
+def test_generative_recommender_distils_from_the_runs_sasrec_model(tmp_path):
+    write_inputs(tmp_path)  # with an untrained sasrec_model as the teacher
+    config = {"ops": {"generative_recommender": {"config": {"kind": "parallel", "parallel": {
+        "d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "epochs": 2, "batch_size": 16, "distill_weight": 0.5, "distill_top_k": 8,
+    }}}}}
+    resources = {**tiny_resources(tmp_path), "text_encoder": FakeTextEncoderResource()}
+    result = materialize(all_assets, selection=["generative_recommender"], partition_key="demo", resources=resources,
+                         run_config=config, instance=DagsterInstance.ephemeral())
+    meta = result.asset_materializations_for_node("generative_recommender")[0].metadata
+    assert meta["model_name"].value == "rpg_kd" and meta["distill_weight"].value == 0.5

@@ -17,7 +17,7 @@ from semid_pipeline.core.enrich.descriptors import empty_scores
 from semid_pipeline.core.tokenizers.rqvae import RQVAE, RQVAEParams
 from semid_pipeline.core.tokenizers.versioning import VersionMismatchError, diff_versions
 from semid_pipeline.resources import StorageResource
-from semid_pipeline_tests.conftest import TINY_DEMO, TINY_RUN_CONFIG, tiny_resources, write_collaborative_placeholder
+from semid_pipeline_tests.conftest import TINY_DEMO, TINY_RUN_CONFIG, tiny_resources, write_collaborative_placeholder, write_untrained_sasrec
 
 DIM = 384  # the bundled text encoder's width: incoming items are embedded by it
 REC_CONFIG = {**TINY_RUN_CONFIG["ops"]["generative_recommender"]["config"], "epochs": 1, "eval_max_users": 50}
@@ -43,6 +43,7 @@ def data_dir(tmp_path):
     for name, df in tables:
         storage.write_table(tmp_path, name, "demo", df)
     write_collaborative_placeholder(tmp_path, "demo", items)
+    write_untrained_sasrec(tmp_path, "demo", len(items))  # an input of generative_recommender (its optional teacher)
     save_artifact(_tokenizer(0, x), storage.model_dir(tmp_path, "sid_tokenizer", "demo"))
     return tmp_path
 

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, Config, Output, asset
 
+from semid_pipeline.core.baselines.sasrec import SASRec
 from semid_pipeline.core.frames import item_column, item_values, sid_matrix, sid_version, split_inputs, split_top_k, tag_paths_for
 from semid_pipeline.core.recommendations import check_top_k
 from semid_pipeline.core.recommender.hierarchy import HierarchyInputs, build_level_tags
@@ -74,6 +75,7 @@ def generative_recommender(
     user_sequences: pd.DataFrame,
     item_tags: pd.DataFrame,
     item_quality_scores: pd.DataFrame,
+    sasrec_model: SASRec,
     text_encoder: TextEncoderResource,
 ) -> Output:
     """Encoder-decoder over SID tokens, trained on every next-item target of each user's training
@@ -81,9 +83,10 @@ def generative_recommender(
     ``embedding: hierarchy`` the SID tokens use HiD-VAE's hierarchy-aware embeddings (tag of every
     (level, code) from ``item_tags``); with ``rl.enabled`` a GRPO stage follows and the
     validation-selected policy is stored (the evaluation then scores it). ``kind: parallel`` trains the
-    RPG-style model instead (selection on validation, ``parallel.select_metric``)."""
+    RPG-style model instead (selection on validation, ``parallel.select_metric``); with
+    ``parallel.distill_weight > 0`` the run's ``sasrec_model`` is its teacher (read only then)."""
     if config.kind == "parallel":
-        return parallel_output(context, config.parallel, semantic_ids, user_sequences)
+        return parallel_output(context, config.parallel, semantic_ids, user_sequences, sasrec_model)
     model_params = RecommenderParams(**{k: getattr(config, k) for k in RecommenderParams.model_fields})
     train_params = TrainParams(**{k: getattr(config, k) for k in TrainParams.model_fields})
     valid_hist, valid_target = split_inputs(user_sequences, "valid")
@@ -130,10 +133,13 @@ def generative_recommender(
     )
 
 
-def parallel_output(context: AssetExecutionContext, config: ParallelConfig, semantic_ids: pd.DataFrame, user_sequences: pd.DataFrame) -> Output:
+def parallel_output(
+    context: AssetExecutionContext, config: ParallelConfig, semantic_ids: pd.DataFrame, user_sequences: pd.DataFrame, teacher: SASRec
+) -> Output:
     params = ParallelParams(**{k: getattr(config, k) for k in ParallelParams.model_fields})
     valid_hist, valid_target = split_inputs(user_sequences, "valid")
-    result = train_parallel(sid_matrix(semantic_ids), valid_hist, valid_target, params, progress=context.log.info)
+    teacher = teacher if params.distill_weight > 0 else None
+    result = train_parallel(sid_matrix(semantic_ids), valid_hist, valid_target, params, progress=context.log.info, teacher=teacher)
     result.model.artifact_extra = {"tokenizer_version": sid_version(semantic_ids), "assignment_id": current_assignment_id(semantic_ids)}
     hist = pd.DataFrame([{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in result.history])
     best = next((h for h in result.history if h["epoch"] == result.best_epoch), {})
@@ -143,6 +149,7 @@ def parallel_output(context: AssetExecutionContext, config: ParallelConfig, sema
             "recommender_kind": "parallel",
             "model_name": result.model.model_name,
             "loss": params.loss,
+            "distill_weight": float(params.distill_weight),
             "tokenizer_version": str(sid_version(semantic_ids)),
             "n_digits": result.model.n_digits,
             "codebook_size": result.model.codebook_size,

@@ -54,6 +54,38 @@ def training_windows(histories: Sequence[np.ndarray], n_items: int, max_len: int
     return np.ascontiguousarray(window[:, :-1]), np.ascontiguousarray(window[:, 1:]), take - 1
 
 
+@torch.no_grad()
+def teacher_top_items(teacher: Any, inputs: np.ndarray, top_k: int, temperature: float = 1.0, batch_size: int = 256) -> Tuple[np.ndarray, np.ndarray]:
+    """A next-item teacher's top items at every real position of the training windows.
+
+    ``teacher``: a trained next-item model over the same catalogue with ``teacher(items [B, L]) ->
+    hidden [B, L, h]`` and ``teacher.item_scores(hidden) -> [..., N]`` (e.g. SASRec-CE), reading the
+    same shifted, left-padded windows. Returns ``(items int32 [P, M], probs float16 [P, M])`` for the
+    ``P`` real positions of ``inputs`` in row-major order (``inputs[inputs != 0]``'s order): the
+    ``M = top_k`` best items and their softmax probabilities (at ``temperature``) renormalised over
+    those ``M``.
+    """
+    teacher.eval()
+    parts_i, parts_p = [], []
+    for start in range(0, len(inputs), batch_size):
+        x = torch.from_numpy(inputs[start : start + batch_size]).to(teacher.device)
+        scores = teacher.item_scores(teacher(x)[x != PAD]).float() / temperature
+        top, idx = torch.topk(scores, min(top_k, scores.shape[1]), dim=1)
+        parts_i.append(idx.to(torch.int32).cpu().numpy())
+        parts_p.append(torch.softmax(top, dim=1).to(torch.float16).cpu().numpy())
+    return np.concatenate(parts_i), np.concatenate(parts_p)
+
+
+def position_index(n_targets: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Indices into the row-major list of real positions (see :func:`teacher_top_items`) of the rows
+    ``rows``, in the order of ``inputs[rows][inputs[rows] != 0]`` (a row's real inputs are its last
+    ``n_targets`` columns)."""
+    offsets = np.cumsum(n_targets) - n_targets
+    counts = n_targets[rows]
+    within = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    return np.repeat(offsets[rows], counts) + within
+
+
 def train_parallel(
     sids: np.ndarray,
     train_histories: Sequence[np.ndarray],
@@ -61,6 +93,7 @@ def train_parallel(
     params: ParallelParams,
     codebook_size: Optional[int] = None,
     progress: Optional[ProgressFn] = None,
+    teacher: Any = None,
 ) -> ParallelResult:
     """Trains the parallel recommender on the SID matrix ``sids (N, D)`` of the catalogue.
 
@@ -72,6 +105,9 @@ def train_parallel(
         codebook_size: codes per digit (default: the largest code + 1); give the tokenizer's so that
             items added later may use any code.
         progress: one-line progress callback.
+        teacher: a trained next-item model over the same items (see :func:`teacher_top_items`; e.g.
+            the run's SASRec-CE) whose per-digit distributions join the targets when
+            ``params.distill_weight > 0``.
     """
     sids = np.asarray(sids, dtype=np.int64)
     valid_targets = np.asarray(valid_targets, dtype=np.int64)
@@ -88,6 +124,15 @@ def train_parallel(
             f"parallel ({model.model_name}): {n_params:,} parameters, {sids.shape[1]} digits x {k} codes, {len(inputs):,} sequences, "
             f"{int(n_targets.sum()):,} targets, {len(sampler)} batches/epoch on {device}"
         )
+    soft = None
+    if params.distill_weight > 0:
+        if teacher is None:
+            raise ValueError("distill_weight > 0 needs a teacher model (e.g. the run's SASRec-CE)")
+        if getattr(teacher, "n_items", len(sids)) != len(sids):
+            raise ValueError(f"the teacher scores {teacher.n_items} items, the SID matrix has {len(sids)}")
+        soft = teacher_top_items(teacher, inputs, params.distill_top_k, params.distill_temperature)
+        if progress is not None:
+            progress(f"parallel: teacher targets at {int(n_targets.sum()):,} positions (top {params.distill_top_k} items)")
     gen = torch.Generator(device="cpu").manual_seed(params.seed)
     eval_users = np.arange(len(train_histories)) if params.eval_max_users is None else np.arange(min(params.eval_max_users, len(train_histories)))
     eval_hist = [train_histories[i] for i in eval_users.tolist()]
@@ -96,7 +141,8 @@ def train_parallel(
         width = max(int(n_targets[rows].max()), 1)
         x = torch.from_numpy(inputs[rows, -width:]).to(device)
         y = torch.from_numpy(targets[rows, -width:]).to(device)
-        return model.loss(x, y, generator=gen if device.type == "cpu" else None), int(n_targets[rows].sum())
+        t = None if soft is None else tuple(torch.from_numpy(a[position_index(n_targets, rows)]).to(device) for a in soft)
+        return model.loss(x, y, generator=gen if device.type == "cpu" else None, teacher=t), int(n_targets[rows].sum())
 
     def validate(m: ParallelRecommender) -> Dict[str, float]:
         ranked, _ = recommend_exact(m, sids, eval_hist, 10, params.eval_batch_size)

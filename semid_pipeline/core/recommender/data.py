@@ -126,7 +126,7 @@ def _gather(flat: np.ndarray, idx: np.ndarray, valid: np.ndarray, fill: int) -> 
     return torch.from_numpy(np.where(valid, flat[idx], fill))
 
 
-def _ragged_arange(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def ragged_arange(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For counts ``[R]``: (row id, index within row) of every element of ``concat(arange(c))``."""
     counts = np.asarray(counts, dtype=np.int64)
     row = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
@@ -175,13 +175,13 @@ def _pack(
     enc_item = np.empty_like(enc_tokens)
     enc_tokens[enc_offsets[:-1]] = user_tokens[row_user]
     enc_item[enc_offsets[:-1]] = USER_ITEM
-    r, k = _ragged_arange(enc_count)
+    r, k = ragged_arange(enc_count)
     t = enc_first[r] + k
     where = (enc_offsets[r] + 1 + k * depth)[:, None] + np.arange(depth)
     enc_tokens[where] = item_tokens[hist.item(row_user[r], t)]
     enc_item[where] = t[:, None]
 
-    r, k = _ragged_arange(dec_count)
+    r, k = ragged_arange(dec_count)
     t = dec_first[r] + k
     labels = item_tokens[hist.item(row_user[r], t)]  # [M, D]
     inputs = np.concatenate([np.full((len(t), 1), BOS, dtype=np.int64), labels[:, :-1]], axis=1)
@@ -225,7 +225,7 @@ def build_training_rows(
         raise ValueError(f"{len(user_tokens)} user tokens for {len(hist.lengths)} histories")
     n_chunks = np.maximum(hist.lengths - 1, 0)
     n_chunks = (n_chunks + targets_per_row - 1) // targets_per_row
-    row_user, chunk = _ragged_arange(n_chunks)
+    row_user, chunk = ragged_arange(n_chunks)
     dec_first = 1 + chunk * targets_per_row
     dec_count = np.minimum(targets_per_row, hist.lengths[row_user] - dec_first)
     enc_first = np.maximum(dec_first - max_history_items, 0)

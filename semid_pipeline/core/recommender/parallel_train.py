@@ -17,7 +17,7 @@ import torch
 
 from semid_pipeline.core.metrics import ndcg_at_k, recall_at_k
 from semid_pipeline.core.progress import ProgressFn
-from semid_pipeline.core.recommender.data import LengthBucketSampler
+from semid_pipeline.core.recommender.data import LengthBucketSampler, ragged_arange
 from semid_pipeline.core.recommender.parallel import PAD, ParallelParams, ParallelRecommender
 from semid_pipeline.core.recommender.parallel_decode import recommend_exact
 from semid_pipeline.core.training import fit, start_run
@@ -81,9 +81,8 @@ def position_index(n_targets: np.ndarray, rows: np.ndarray) -> np.ndarray:
     ``rows``, in the order of ``inputs[rows][inputs[rows] != 0]`` (a row's real inputs are its last
     ``n_targets`` columns)."""
     offsets = np.cumsum(n_targets) - n_targets
-    counts = n_targets[rows]
-    within = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
-    return np.repeat(offsets[rows], counts) + within
+    row, within = ragged_arange(n_targets[rows])
+    return offsets[rows][row] + within
 
 
 def train_parallel(

@@ -142,7 +142,7 @@ def main(argv=None):
 
         params = ParallelParams(**sets)
         teacher = None
-        if params.distill_weight > 0:  # the data dir's SASRec-CE (sasrec_model) is the teacher
+        if params.uses_teacher:  # the data dir's SASRec-CE (sasrec_model) is the teacher
             from semid_pipeline.core.artifacts import load_artifact
 
             teacher = load_artifact(storage.model_dir(args.data_dir, "sasrec_model", args.dataset))

@@ -162,15 +162,35 @@ def test_teacher_targets_and_distillation_loss_match_brute_force():
     torch.testing.assert_close(model.loss(x, y, teacher=(it, pr)), 0.7 * hard + 0.3 * soft)
     torch.testing.assert_close(model.loss(x, y), hard)  # no teacher given: the hard loss
     assert model.model_name == "rpg_kd"
-    with pytest.raises(ValueError, match="needs loss: per_digit"):
-        small(loss="item", distill_weight=0.5)
+    # the listwise term: the teacher's renormalised top-item distribution against the student's summed
+    # digit log-probabilities, softmaxed over the same items; a padded slot (-1) drops out of both
+    it_pad, pr_pad = it.clone(), pr.clone()
+    it_pad[:, -1] = -1
+    p_t = pr_pad.float()[:, :-1] / pr_pad.float()[:, :-1].sum(-1, keepdim=True)
+    rank = 0.0
+    for t in range(len(h)):
+        s = torch.stack([logp[t, torch.arange(4), sids[i]].sum() for i in it_pad[t, :-1].long()])
+        rank = rank - (p_t[t] * torch.log_softmax(s, 0)).sum()
+    rank = rank / len(h)
+    torch.testing.assert_close(model.rank_distillation(logp, it_pad, pr_pad), rank)
+    s = torch.stack([logp[1, torch.arange(4), sids[i]].sum() / 4.0 for i in it_pad[1, :-1].long()])
+    one = ParallelRecommender(sids, 8, small(distill_rank_temperature=4.0)).rank_distillation(logp[1:2], it_pad[1:2], pr_pad[1:2])
+    torch.testing.assert_close(one, -(p_t[1] * torch.log_softmax(s, 0)).sum())
+    ranked = ParallelRecommender(sids, 8, small(distill_weight=0.3, distill_rank_weight=2.0))
+    ranked.load_state_dict(model.state_dict())
+    torch.testing.assert_close(ranked.loss(x, y, teacher=(it_pad, pr_pad)), model.loss(x, y, teacher=(it_pad, pr_pad)) + 2.0 * rank)
+    assert ParallelRecommender(sids, 8, small(distill_rank_weight=1.0)).model_name == "rpg_kd"
+    for knob in ("distill_weight", "distill_rank_weight"):
+        with pytest.raises(ValueError, match="need loss: per_digit"):
+            small(loss="item", **{knob: 0.5})
 
 
 def test_distillation_needs_a_matching_teacher_and_learns_from_one():
     sids = opq_like_sids()
     train, valid, test = chain_data(n_users=200)
-    with pytest.raises(ValueError, match="needs a teacher"):
-        train_parallel(sids, train, valid, small(distill_weight=0.5), codebook_size=8)
+    for knob in ("distill_weight", "distill_rank_weight"):
+        with pytest.raises(ValueError, match="need a teacher"):
+            train_parallel(sids, train, valid, small(**{knob: 0.5}), codebook_size=8)
     with pytest.raises(ValueError, match="teacher scores 3 items"):
         train_parallel(sids, train, valid, small(distill_weight=0.5), codebook_size=8, teacher=LookupTeacher(torch.zeros(3, 3)))
     # an oracle teacher (the chain's next item) trains the model even when every hard label is dropped

@@ -84,7 +84,7 @@ def generative_recommender(
     (level, code) from ``item_tags``); with ``rl.enabled`` a GRPO stage follows and the
     validation-selected policy is stored (the evaluation then scores it). ``kind: parallel`` trains the
     RPG-style model instead (selection on validation, ``parallel.select_metric``); with
-    ``parallel.distill_weight > 0`` the run's ``sasrec_model`` is its teacher (read only then)."""
+    ``parallel.distill_weight`` or ``distill_rank_weight > 0`` the run's ``sasrec_model`` is its teacher (read only then)."""
     if config.kind == "parallel":
         return parallel_output(context, config.parallel, semantic_ids, user_sequences, sasrec_model)
     model_params = RecommenderParams(**{k: getattr(config, k) for k in RecommenderParams.model_fields})
@@ -138,7 +138,7 @@ def parallel_output(
 ) -> Output:
     params = ParallelParams(**{k: getattr(config, k) for k in ParallelParams.model_fields})
     valid_hist, valid_target = split_inputs(user_sequences, "valid")
-    teacher = teacher if params.distill_weight > 0 else None
+    teacher = teacher if params.uses_teacher else None
     result = train_parallel(sid_matrix(semantic_ids), valid_hist, valid_target, params, progress=context.log.info, teacher=teacher)
     result.model.artifact_extra = {"tokenizer_version": sid_version(semantic_ids), "assignment_id": current_assignment_id(semantic_ids)}
     hist = pd.DataFrame([{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in result.history])
@@ -150,6 +150,7 @@ def parallel_output(
             "model_name": result.model.model_name,
             "loss": params.loss,
             "distill_weight": float(params.distill_weight),
+            "distill_rank_weight": float(params.distill_rank_weight),
             "tokenizer_version": str(sid_version(semantic_ids)),
             "n_digits": result.model.n_digits,
             "codebook_size": result.model.codebook_size,

@@ -93,6 +93,15 @@ class ParallelParams(OptimParams):
     distill_weight: float = Field(
         0.0, ge=0, le=1, description="per_digit: weight of the teacher's per-digit distribution in each digit's target (0: off; needs a teacher)."
     )
+    distill_rank_weight: float = Field(
+        0.0,
+        ge=0,
+        description="per_digit: weight of a listwise term matching the student's item distribution (its summed digit "
+        "log-probabilities) to the teacher's over the teacher's top items (0: off; needs a teacher).",
+    )
+    distill_rank_temperature: float = Field(
+        1.0, gt=0, description="Divides the student's summed digit log-probabilities in the listwise term (1: its own product distribution)."
+    )
     distill_top_k: int = Field(64, ge=1, description="Teacher items kept per position (their probabilities renormalised).")
     distill_temperature: float = Field(1.0, gt=0, description="Temperature of the teacher's item softmax.")
     select_metric: Literal["recall@10", "ndcg@10"] = Field("ndcg@10", description="Validation metric that picks the checkpoint (ties: the other).")
@@ -106,10 +115,18 @@ class ParallelParams(OptimParams):
     batch_size: int = Field(256, ge=1, description="Users (training sequences) per step.")
     patience: int = Field(10, ge=1, description="Stop after this many validations without improvement.")
 
+    @property
+    def uses_teacher(self) -> bool:
+        """Whether training needs a teacher (either distillation term is on)."""
+        return self.distill_weight > 0 or self.distill_rank_weight > 0
+
     @model_validator(mode="after")
     def _distill_needs_per_digit(self) -> "ParallelParams":
-        if self.distill_weight > 0 and self.loss != "per_digit":
-            raise ValueError(f"distill_weight > 0 needs loss: per_digit (got loss: {self.loss})")
+        if self.uses_teacher and self.loss != "per_digit":
+            raise ValueError(
+                f"distill_weight / distill_rank_weight > 0 need loss: per_digit (got loss: {self.loss}, "
+                f"distill_weight {self.distill_weight}, distill_rank_weight {self.distill_rank_weight})"
+            )
         return self
 
 
@@ -222,7 +239,7 @@ class ParallelRecommender(nn.Module, Artifact):
         teacher's distribution, ``distill_weight > 0``) or ``rpg_item`` (item-level loss)."""
         if self.params.loss == "item":
             return "rpg_item"
-        return "rpg_kd" if self.params.distill_weight > 0 else "rpg"
+        return "rpg_kd" if self.params.uses_teacher else "rpg"
 
     # -- encoder ----------------------------------------------------------------------------------
     def forward(self, items: torch.Tensor, sids: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -290,6 +307,25 @@ class ParallelRecommender(nn.Module, Artifact):
         q = torch.zeros(items.shape[0], self.n_digits, self.codebook_size, device=probs.device)
         return q.scatter_add_(2, codes, probs[:, None, :].expand(-1, self.n_digits, -1))
 
+    def rank_distillation(self, log_probs: torch.Tensor, items: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        """Listwise distillation onto the decoding score: cross-entropy between the teacher's distribution over
+        its top items ``items [T, M]`` (``-1`` = none; ``probs [T, M]``, renormalised) and the student's item
+        distribution restricted to the same items, ``softmax_m(sum_k log_probs[t, k, sid(items[t, m])_k])``.
+
+        ``log_probs [T, D, K]`` are the per-digit log-probabilities that exact scoring sums, so this term
+        trains the ranking the model is evaluated on (the product of its digit marginals, renormalised over
+        the teacher's candidates), which the per-digit targets alone cannot express. Our addition, not in
+        RPG. ``distill_rank_temperature`` divides the summed scores (1: the student's own product distribution;
+        ``D``: the geometric mean of its digit probabilities, much flatter).
+        """
+        valid = items >= 0
+        codes = self.sids[items.clamp_min(0).long()].transpose(1, 2)  # [T, D, M]
+        scores = log_probs.gather(2, codes).sum(1) / self.params.distill_rank_temperature
+        scores = scores.masked_fill(~valid, float("-inf"))  # [T, M]
+        p = probs.float() * valid
+        p = p / p.sum(-1, keepdim=True).clamp_min(1e-12)
+        return -(p * F.log_softmax(scores, dim=-1).masked_fill(~valid, 0.0)).sum(-1).mean()
+
     def loss(
         self,
         inputs: torch.Tensor,
@@ -308,12 +344,17 @@ class ParallelRecommender(nn.Module, Artifact):
             labels = self.sids[target]  # [T, D]
             logits = (cos / self.params.temperature).reshape(-1, self.codebook_size)
             hard = F.cross_entropy(logits, labels.reshape(-1), label_smoothing=self.params.label_smoothing)
-            w = self.params.distill_weight
-            if w == 0 or teacher is None:
+            if not self.params.uses_teacher or teacher is None:
                 return hard
-            q = self.teacher_digit_targets(*teacher).reshape(-1, self.codebook_size)
-            soft = -(q * F.log_softmax(logits, dim=-1)).sum(-1).mean()
-            return (1 - w) * hard + w * soft
+            w, r = self.params.distill_weight, self.params.distill_rank_weight
+            log_probs = F.log_softmax(logits, dim=-1)  # [T*D, K]
+            total = (1 - w) * hard
+            if w > 0:
+                q = self.teacher_digit_targets(*teacher).reshape(-1, self.codebook_size)
+                total = total + w * -(q * log_probs).sum(-1).mean()
+            if r > 0:
+                total = total + r * self.rank_distillation(log_probs.view(len(target), self.n_digits, -1), *teacher)
+            return total
         if self.params.item_negatives > 0:
             neg = torch.randint(0, self.n_items, (self.params.item_negatives,), device=inputs.device, generator=generator)
             cand, inverse = torch.unique(torch.cat([target, neg]), return_inverse=True)

@@ -106,7 +106,7 @@ def train_parallel(
         progress: one-line progress callback.
         teacher: a trained next-item model over the same items (see :func:`teacher_top_items`; e.g.
             the run's SASRec-CE) whose per-digit distributions join the targets when
-            ``params.distill_weight > 0``.
+            ``params.distill_weight`` or ``params.distill_rank_weight > 0``.
     """
     sids = np.asarray(sids, dtype=np.int64)
     valid_targets = np.asarray(valid_targets, dtype=np.int64)
@@ -124,9 +124,9 @@ def train_parallel(
             f"{int(n_targets.sum()):,} targets, {len(sampler)} batches/epoch on {device}"
         )
     soft = None
-    if params.distill_weight > 0:
+    if params.uses_teacher:
         if teacher is None:
-            raise ValueError("distill_weight > 0 needs a teacher model (e.g. the run's SASRec-CE)")
+            raise ValueError("distill_weight / distill_rank_weight > 0 need a teacher model (e.g. the run's SASRec-CE)")
         if getattr(teacher, "n_items", len(sids)) != len(sids):
             raise ValueError(f"the teacher scores {teacher.n_items} items, the SID matrix has {len(sids)}")
         soft = teacher_top_items(teacher, inputs, params.distill_top_k, params.distill_temperature)

@@ -51,7 +51,7 @@ from semid_pipeline.core.artifacts import Artifact, register_artifact
 from semid_pipeline.core.blocks import PreLNBlock
 from semid_pipeline.core.metrics import ndcg_at_k, recall_at_k
 from semid_pipeline.core.progress import ProgressFn, Throttle
-from semid_pipeline.core.recommender.data import LengthBucketSampler, sorted_batches
+from semid_pipeline.core.recommender.data import LengthBucketSampler, ragged_arange, sorted_batches
 from semid_pipeline.core.training import OptimParams, fit, start_run
 
 EVAL_K = 10
@@ -262,8 +262,7 @@ class _Sequences:
     def user_item_pairs(self, users: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """(row within ``users``, item) of every history item of ``users``."""
         counts = self.lengths[users]
-        row = np.repeat(np.arange(len(users), dtype=np.int64), counts)
-        within = np.arange(int(counts.sum()), dtype=np.int64) - (np.cumsum(counts) - counts)[row]
+        row, within = ragged_arange(counts)
         return row, self.flat[(self.ends[users] - counts)[row] + within]
 
 

@@ -344,7 +344,8 @@ class ParallelRecommender(nn.Module, Artifact):
     ) -> torch.Tensor:
         """Mean loss over the real positions of a batch; ``inputs``/``targets`` shifted ``[B, L]``.
         ``teacher``: ``(items, probs)`` ``[T, M]``, a teacher's top items and probabilities at each real
-        position, in ``inputs[inputs != 0]`` order (used by ``per_digit`` with ``distill_weight > 0``)."""
+        position, in ``inputs[inputs != 0]`` order (used by ``per_digit`` when ``distill_weight`` or
+        ``distill_rank_weight > 0``)."""
         real = inputs != PAD
         hidden = self(inputs)[real]  # [T, d]: heads only at labelled positions
         target = targets[real] - 1

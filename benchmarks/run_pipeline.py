@@ -123,38 +123,32 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="demo")
-    parser.add_argument("--config", help="YAML/JSON run config (Dagster 'ops' layout) for the assets, e.g. configs/demo.yaml")
-    parser.add_argument("--name", help="result file stem (default: <dataset>-<device>)")
-    parser.add_argument("--data-dir", help="where to materialize (default: a fresh folder under benchmarks/results/data)")
-    parser.add_argument("--select", default="*", help="asset selection (default: everything)")
-    parser.add_argument("--dataset-options", default="{}", help="JSON loader options for the dataset")
-    args = parser.parse_args(argv)
-
-    import torch
-    import yaml
+def run_graph(
+    dataset: str,
+    run_config: dict,
+    name: str,
+    data_dir: Path,
+    out_dir: Path,
+    select: str = "*",
+    dataset_options: dict | None = None,
+) -> dict:
+    """Materializes ``select`` of the asset graph for ``dataset`` into ``data_dir`` (in-process, an
+    ephemeral Dagster instance) and writes ``<out_dir>/<name>.{json,md}``; returns the JSON dict."""
     from dagster import AssetSelection, DagsterInstance, materialize
 
     from semid_pipeline.core import storage
     from semid_pipeline.definitions import all_assets, build_resources
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    name = args.name or f"{args.dataset}-{device}"
-    out_dir = REPO / "benchmarks" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
-    data_dir = Path(args.data_dir) if args.data_dir else out_dir / "data" / name
-    run_config = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
-    resources = build_resources(data_dir=str(data_dir), datasets_options_json=json.dumps({args.dataset: json.loads(args.dataset_options)}))
+    resources = build_resources(data_dir=str(data_dir), datasets_options_json=json.dumps({dataset: dataset_options or {}}))
     instance = DagsterInstance.ephemeral()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.time()
-    selection = AssetSelection.all() if args.select == "*" else AssetSelection.from_coercible(args.select.split(","))
-    result = materialize(all_assets, selection=selection, partition_key=args.dataset, resources=resources, run_config=run_config, instance=instance)
+    selection = AssetSelection.all() if select == "*" else AssetSelection.from_coercible(select.split(","))
+    result = materialize(all_assets, selection=selection, partition_key=dataset, resources=resources, run_config=run_config, instance=instance)
     wall = time.time() - t0
 
-    ev = storage.read_table(data_dir, "evaluation", args.dataset)
+    ev = storage.read_table(data_dir, "evaluation", dataset)
     metrics: dict = {}
     for row in ev[ev["k"] > 0].itertuples():
         metrics.setdefault(row.model, {}).setdefault(row.split, {})[f"{row.metric}@{row.k}"] = round(float(row.value), 5)
@@ -166,7 +160,9 @@ def main(argv: list[str] | None = None) -> dict:
             k: v.value for k, v in md.items() if isinstance(getattr(v, "value", None), (int, float, str)) and len(str(v.value)) < 200
         }
     out = {
-        "dataset": args.dataset,
+        "dataset": dataset,
+        "name": name,
+        "data_dir": str(data_dir),
         "started_at": started,
         "success": result.success,
         "wall_seconds": round(wall, 1),
@@ -181,6 +177,29 @@ def main(argv: list[str] | None = None) -> dict:
     }
     (out_dir / f"{name}.json").write_text(json.dumps(out, indent=2, default=str))
     (out_dir / f"{name}.md").write_text(markdown(out))
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="demo")
+    parser.add_argument("--config", help="YAML/JSON run config (Dagster 'ops' layout) for the assets, e.g. configs/demo.yaml")
+    parser.add_argument("--name", help="result file stem (default: <dataset>-<device>)")
+    parser.add_argument("--data-dir", help="where to materialize (default: a fresh folder under benchmarks/results/data)")
+    parser.add_argument("--out-dir", help="where the JSON / Markdown go (default: benchmarks/results)")
+    parser.add_argument("--select", default="*", help="asset selection (default: everything)")
+    parser.add_argument("--dataset-options", default="{}", help="JSON loader options for the dataset")
+    args = parser.parse_args(argv)
+
+    import torch
+    import yaml
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    name = args.name or f"{args.dataset}-{device}"
+    out_dir = Path(args.out_dir) if args.out_dir else REPO / "benchmarks" / "results"
+    data_dir = Path(args.data_dir) if args.data_dir else REPO / "benchmarks" / "results" / "data" / name
+    run_config = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
+    out = run_graph(args.dataset, run_config, name, data_dir, out_dir, args.select, json.loads(args.dataset_options))
     print(markdown(out))
     return out
 

@@ -1,4 +1,5 @@
-"""Baselines scored on the same split as the generative model: most-popular and SASRec-CE."""
+"""Baselines scored on the same split as the generative model: most-popular and SASRec (SASRec-CE by default;
+eSASRec's gated blocks and sampled softmax are config of the same asset)."""
 
 import numpy as np
 import pandas as pd
@@ -33,12 +34,14 @@ def popularity_recommendations(
 
 
 class SASRecConfig(Config, SASRecParams):
-    """SASRec with full-softmax cross-entropy over the catalog (see ``SASRecParams``)."""
+    """SASRec: full-softmax cross-entropy over the catalog by default (SASRec-CE); ``block: gated`` and
+    ``loss: sampled`` give eSASRec (see ``SASRecParams``)."""
 
 
 @asset(partitions_def=dataset_partitions, group_name="baselines", io_manager_key="model_io", pool="gpu")
 def sasrec_model(context: AssetExecutionContext, config: SASRecConfig, items: pd.DataFrame, user_sequences: pd.DataFrame) -> Output:
-    """SASRec-CE trained on every user's training items; the checkpoint kept is the best on validation."""
+    """SASRec (SASRec-CE by default, eSASRec by config) trained on every user's training items; the checkpoint
+    kept is the best on validation. Its evaluation row is the model's ``model_name`` (sasrec, esasrec, ...)."""
     params = SASRecParams(**{k: getattr(config, k) for k in SASRecParams.model_fields})
     histories, targets = split_inputs(user_sequences, "valid")
     result = train_sasrec(histories, targets, len(items), params, progress=context.log.info)
@@ -46,8 +49,11 @@ def sasrec_model(context: AssetExecutionContext, config: SASRecConfig, items: pd
     return Output(
         result.model,
         metadata=readable({
+            "model_name": result.model.model_name,
             "epochs_run": len(result.history),
+            "best_epoch": int(result.best_epoch),
             "train_seconds": float(hist["seconds"].sum()) if "seconds" in hist else 0.0,
+            "samples_per_s": float(hist["samples_per_s"].mean()) if "samples_per_s" in hist else 0.0,
             "learning_curve": learning_curve(result.history, "SASRec training"),
             "history": md_table(order_metric_columns(hist)),
         }),
@@ -63,11 +69,11 @@ class SASRecRecommendConfig(Config):
 def sasrec_recommendations(
     context: AssetExecutionContext, config: SASRecRecommendConfig, sasrec_model, items: pd.DataFrame, user_sequences: pd.DataFrame
 ) -> Output:
-    """SASRec top-K per user for validation and test (full ranking over the catalog)."""
+    """SASRec top-K per user for validation and test (full ranking over the catalog); rows named by the model's variant."""
     item_ids = item_column(items, "item_id")
     check_top_k(config.top_k, len(items))
     recs, _ = split_top_k(
-        "sasrec",
+        sasrec_model.model_name,
         user_sequences,
         item_ids,
         lambda histories, _users: recommend_sasrec(sasrec_model, histories, top_k=config.top_k, batch_size=config.batch_size),

@@ -44,11 +44,12 @@ from typing import Any, Dict, List, Literal, NamedTuple, Optional, Sequence, Tup
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from semid_pipeline.core.artifacts import Artifact, register_artifact
-from semid_pipeline.core.blocks import PreLNBlock
+from semid_pipeline.core.baselines.sampled_softmax import NegativeSampler, NegativeSampling, sampled_softmax_cross_entropy
+from semid_pipeline.core.blocks import GatedBlock, PreLNBlock
 from semid_pipeline.core.metrics import ndcg_at_k, recall_at_k
 from semid_pipeline.core.progress import ProgressFn, Throttle
 from semid_pipeline.core.recommender.data import LengthBucketSampler, ragged_arange, sorted_batches
@@ -85,6 +86,33 @@ class SASRecParams(OptimParams):
     )
     eval_batch_size: int = Field(1024, ge=1, description="Users per full-ranking batch during validation.")
     mixed_precision: bool = Field(True, description="bf16 autocast on CUDA (CPU always trains in float32).")
+    block: Literal["pre_ln", "gated"] = Field(
+        "pre_ln",
+        description="pre_ln: SASRec's block (ReLU FFN); gated: LiGR-style block of eSASRec (sigmoid-gated residual branches, SwiGLU FFN).",
+    )
+    d_ff: Optional[int] = Field(None, ge=1, description="FFN width (None: hidden, as in SASRec; eSASRec uses 4 x hidden).")
+    loss: Literal["full", "sampled"] = Field(
+        "full", description="full: softmax over the whole catalogue (SASRec-CE); sampled: the target against n_negatives sampled items."
+    )
+    n_negatives: int = Field(256, ge=1, description="loss sampled: negatives per batch (or per position, negatives_per_position).")
+    negative_sampling: NegativeSampling = Field(
+        "uniform",
+        description="loss sampled: uniform over the catalogue, popularity (proportional to (training-target count + 1)^popularity_power) "
+        "or in_batch (the batch's own targets; n_negatives unused).",
+    )
+    negatives_per_position: bool = Field(
+        False, description="loss sampled: draw negatives per position (RecTools' SASRec) instead of one set shared by the batch."
+    )
+    logq_correction: bool = Field(
+        False, description="loss sampled: subtract log(M Q(j)) from each negative's logit (the unbiased sampled-softmax estimate)."
+    )
+    popularity_power: float = Field(1.0, ge=0, description="negative_sampling popularity: exponent of the proposal (0: uniform).")
+
+    @model_validator(mode="after")
+    def _check_sampling(self) -> "SASRecParams":
+        if self.negatives_per_position and self.negative_sampling == "in_batch":
+            raise ValueError("negatives_per_position does not apply to in_batch negatives (they are the batch's targets)")
+        return self
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -162,7 +190,11 @@ class SASRec(nn.Module, Artifact):
         self.item_emb = nn.Embedding(n_items + 1, h, padding_idx=PAD)
         self.pos_emb = nn.Embedding(params.max_len, h)
         self.emb_drop = nn.Dropout(params.dropout)
-        self.blocks = nn.ModuleList(PreLNBlock(h, params.n_heads, h, params.dropout, "relu") for _ in range(params.n_layers))
+        d_ff = params.d_ff or h
+        if params.block == "gated":
+            self.blocks = nn.ModuleList(GatedBlock(h, params.n_heads, d_ff, params.dropout) for _ in range(params.n_layers))
+        else:
+            self.blocks = nn.ModuleList(PreLNBlock(h, params.n_heads, d_ff, params.dropout, "relu") for _ in range(params.n_layers))
         self.final_norm = nn.LayerNorm(h)
         self.apply(self._init_weights)
 
@@ -205,15 +237,29 @@ class SASRec(nn.Module, Artifact):
         """Tied output layer: ``hidden [..., d] -> scores [..., n_items]`` (column ``i`` = item ``i``)."""
         return hidden @ self.item_emb.weight[1:].T
 
-    def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean full-softmax cross-entropy over the real positions of a batch.
+    @property
+    def model_name(self) -> str:
+        """Evaluation row: ``sasrec`` (SASRec-CE), ``esasrec`` (gated blocks + sampled softmax), else
+        ``sasrec`` + ``_gated`` / ``_ss`` (sampled softmax) for the one ingredient used."""
+        gated, sampled = self.params.block == "gated", self.params.loss == "sampled"
+        if gated and sampled:
+            return "esasrec"
+        return "sasrec" + ("_gated" if gated else "") + ("_ss" if sampled else "")
+
+    def loss(self, inputs: torch.Tensor, targets: torch.Tensor, sampler: Optional[NegativeSampler] = None) -> torch.Tensor:
+        """Mean cross-entropy over the real positions of a batch.
 
         ``inputs``, ``targets``: shifted items ``[B, L]`` (``targets[:, t]`` follows ``inputs[:, t]``).
         Only positions whose *input* is a real item are scored: their hidden states ``[T, d]`` are
-        gathered, then :func:`full_softmax_cross_entropy` scores them against every item.
+        gathered, then :func:`full_softmax_cross_entropy` scores them against every item, or, with a
+        ``sampler``, :func:`sampled_softmax_cross_entropy` against the target and the sampler's negatives.
         """
         real = inputs != PAD
-        return full_softmax_cross_entropy(self(inputs)[real], self.item_emb.weight[1:], targets[real] - 1)
+        hidden, y = self(inputs)[real], targets[real] - 1
+        if sampler is None:
+            return full_softmax_cross_entropy(hidden, self.item_emb.weight[1:], y)
+        negatives, log_q = sampler.sample(y)
+        return sampled_softmax_cross_entropy(hidden, self.item_emb.weight[1:], y, negatives, log_q)
 
     def artifact_config(self) -> Dict[str, Any]:
         return {"n_items": self.n_items, "params": self.params.model_dump()}
@@ -358,6 +404,12 @@ def train_sasrec(
     sampler = LengthBucketSampler(n_targets, p.batch_size, seed=p.seed)
 
     model = SASRec(n_items, p).to(device)
+    negatives = None
+    if p.loss == "sampled":
+        counts = np.bincount(targets[inputs != PAD] - 1, minlength=n_items)  # training-target count per item
+        negatives = NegativeSampler(
+            n_items, p.n_negatives, p.negative_sampling, p.negatives_per_position, p.logq_correction, counts, p.popularity_power, device
+        )
     if progress is not None:
         progress(
             f"sasrec: {sum(q.numel() for q in model.parameters()):,} parameters, {len(trainable):,} sequences, "
@@ -367,7 +419,7 @@ def train_sasrec(
     def step(rows: np.ndarray) -> Tuple[torch.Tensor, int]:
         x = _trim(inputs, rows, n_targets).to(device)
         y = _trim(targets, rows, n_targets).to(device)
-        return model.loss(x, y), int(n_targets[rows].sum())
+        return model.loss(x, y, negatives), int(n_targets[rows].sum())
 
     def validate(m: SASRec) -> Dict[str, float]:
         ranked, _ = recommend_sasrec(m, train_histories, EVAL_K, p.eval_batch_size, progress=_silent)

@@ -148,11 +148,13 @@ def run_graph(
     result = materialize(all_assets, selection=selection, partition_key=dataset, resources=resources, run_config=run_config, instance=instance)
     wall = time.time() - t0
 
-    ev = storage.read_table(data_dir, "evaluation", dataset)
     metrics: dict = {}
-    for row in ev[ev["k"] > 0].itertuples():
-        metrics.setdefault(row.model, {}).setdefault(row.split, {})[f"{row.metric}@{row.k}"] = round(float(row.value), 5)
-    tokenizer = {row.metric: round(float(row.value), 5) for row in ev[ev["model"] == "sid_tokenizer"].itertuples()}
+    tokenizer: dict = {}
+    if storage.table_path(data_dir, "evaluation", dataset).exists():  # absent when the selection stops before it
+        ev = storage.read_table(data_dir, "evaluation", dataset)
+        for row in ev[ev["k"] > 0].itertuples():
+            metrics.setdefault(row.model, {}).setdefault(row.split, {})[f"{row.metric}@{row.k}"] = round(float(row.value), 5)
+        tokenizer = {row.metric: round(float(row.value), 5) for row in ev[ev["model"] == "sid_tokenizer"].itertuples()}
     materializations = {}
     for e in result.get_asset_materialization_events():
         md = e.materialization.metadata

@@ -14,22 +14,7 @@ from semid_pipeline.core.baselines.sampled_softmax import NegativeSampler, sampl
 from semid_pipeline.core.baselines.sasrec import SASRec, SASRecParams, recommend_sasrec, train_sasrec
 from semid_pipeline.core.blocks import GatedBlock
 from semid_pipeline.core.metrics import recall_at_k
-
-N_ITEMS = 40
-
-
-@pytest.fixture(autouse=True)
-def restore_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
-def rule_data(n_users: int = 300, length: int = 8, seed: int = 0):
-    """Users walk ``next = (item + 1) mod N_ITEMS`` from a random start; leave-one-out split."""
-    start = np.random.default_rng(seed).integers(0, N_ITEMS, n_users)
-    seqs = (start[:, None] + np.arange(length)) % N_ITEMS
-    return [s[:-2] for s in seqs], seqs[:, -2], seqs[:, -1]
+from semid_pipeline_tests.test_sasrec import N_ITEMS, restore_threads, rule_data  # noqa: F401  (restore_threads: autouse fixture)
 
 
 def test_sampled_loss_with_every_item_as_negative_is_the_full_softmax():

@@ -148,3 +148,15 @@ def test_variants_learn_the_next_item_rule_and_round_trip(variant, tmp_path):
     np.testing.assert_array_equal(recommend_sasrec(loaded, train, top_k=5)[0], recommend_sasrec(result.model, train, top_k=5)[0])
     again = train_sasrec(train, valid, N_ITEMS, params)  # the negatives come from the seeded generator
     assert [h["loss"] for h in again.history] == [h["loss"] for h in result.history]
+
+
+def test_an_esasrec_model_serves_as_rpg_kd_teacher():
+    from semid_pipeline.core.recommender.parallel_train import teacher_top_items
+
+    torch.manual_seed(0)
+    teacher = SASRec(30, SASRecParams(hidden=16, block="gated", loss="sampled", d_ff=64)).eval()
+    windows = np.array([[0, 0, 3, 4, 5], [1, 2, 3, 4, 5]])  # shifted items, left-padded
+    items, probs = teacher_top_items(teacher, windows, 8)
+    assert items.shape == probs.shape == (8, 8)  # one row per real position (3 + 5)
+    assert ((items >= 0) & (items < 30)).all()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)

@@ -251,12 +251,17 @@ def read_only_connection(data_dir: str | os.PathLike) -> duckdb.DuckDBPyConnecti
     return con
 
 
-def query(data_dir: str | os.PathLike, sql: str) -> pd.DataFrame:
+def query(data_dir: str | os.PathLike, sql: str, max_rows: int | None = None) -> pd.DataFrame:
     """Runs ``sql`` (one or more SELECT statements; the last one's rows are returned) read-only.
 
     Raises :class:`QueryError` (one line) for a statement that is not a SELECT, a syntax error, an
     unknown table or column, or a file outside ``<data_dir>/tables``; the tables are never written.
+    With ``max_rows`` at most that many rows are fetched (streamed in batches, so a query returning
+    billions of rows costs no more memory than ``max_rows`` of them); ``df.attrs["truncated"]`` then
+    says whether there were more.
     """
+    if max_rows is not None and max_rows < 1:
+        raise QueryError(f"max_rows must be >= 1, got {max_rows}")
     con = read_only_connection(data_dir)
     try:
         try:
@@ -275,11 +280,34 @@ def query(data_dir: str | os.PathLike, sql: str) -> pd.DataFrame:
         try:
             for st in statements[:-1]:
                 con.execute(st)
-            return con.execute(statements[-1]).df()
+            if max_rows is None:
+                return con.execute(statements[-1]).df()
+            return _first_rows(con, statements[-1].query, max_rows)
         except duckdb.Error as e:
             raise QueryError(_one_line(e)) from None
+        except MemoryError:
+            raise QueryError("out of memory computing the result: add a LIMIT or aggregate (count(*), group by)") from None
     finally:
         con.close()
+
+
+def _first_rows(con: duckdb.DuckDBPyConnection, sql: str, max_rows: int) -> pd.DataFrame:
+    """At most ``max_rows`` rows of ``sql``'s result, streamed in batches (the rest is never computed);
+    ``attrs["truncated"]`` set."""
+    relation = con.sql(sql)
+    if relation is None:  # a statement without a result set
+        return pd.DataFrame()
+    reader = relation.to_arrow_reader(min(max_rows + 1, 100_000))
+    batches, n = [], 0
+    for batch in reader:
+        batches.append(batch)
+        n += batch.num_rows
+        if n > max_rows:
+            break
+    table = pa.Table.from_batches(batches, schema=reader.schema).slice(0, max_rows)
+    df = table.to_pandas()
+    df.attrs["truncated"] = n > max_rows
+    return df
 
 
 def _one_line(err: BaseException) -> str:

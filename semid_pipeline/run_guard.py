@@ -178,6 +178,12 @@ def guarded_run(context: InitResourceContext, data_dir: str) -> Iterator[None]:
 @contextmanager
 def _guard(context: InitResourceContext, data_dir: str, run_id: str, dataset: Optional[str]) -> Iterator[None]:
     instance, log = context.instance, context.log
+    if not Path(data_dir).exists():  # said, not silent: a typo in the path shows here, the first run still works
+        log.warning(
+            f"data dir {data_dir} does not exist: creating it (SEMID_DATA_DIR, or the storage resource's data_dir, "
+            "chooses another)"
+        )
+        Path(data_dir).mkdir(parents=True)
     lock = None
     if dataset:
         holder = partition_holder(data_dir, dataset)

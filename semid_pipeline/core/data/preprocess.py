@@ -198,17 +198,17 @@ def prepare(raw: RawDataset, params: PreprocessParams, source: str = "RawDataset
     ``kcore_items_removed``, ``kcore_interactions_removed``, ``items_without_interactions_removed``,
     ``titles_truncated``, ``descriptions_truncated``."""
     validate_raw(raw, source)
-    counts: dict = {"raw_interactions": len(raw.interactions), "users_reordered_by_time": _users_reordered(raw.interactions)}
+    report: dict = {"raw_interactions": len(raw.interactions), "users_reordered_by_time": _users_reordered(raw.interactions)}
     exact = clean_interactions(raw.interactions, drop_duplicates=False)
     interactions = clean_interactions(raw.interactions, params.drop_duplicates)
-    counts["exact_duplicates_removed"] = len(raw.interactions) - len(exact)
-    counts["repeats_removed"] = len(exact) - len(interactions)
+    report["exact_duplicates_removed"] = len(raw.interactions) - len(exact)
+    report["repeats_removed"] = len(exact) - len(interactions)
     n_clean = len(interactions)
     before_users, before_items = interactions["user_id"].nunique(), interactions["item_id"].nunique()
     interactions = kcore_filter(interactions, params.k_core_user, params.k_core_item)
-    counts["kcore_users_removed"] = int(before_users - interactions["user_id"].nunique())
-    counts["kcore_items_removed"] = int(before_items - interactions["item_id"].nunique())
-    counts["kcore_interactions_removed"] = n_clean - len(interactions)
+    report["kcore_users_removed"] = int(before_users - interactions["user_id"].nunique())
+    report["kcore_items_removed"] = int(before_items - interactions["item_id"].nunique())
+    report["kcore_interactions_removed"] = n_clean - len(interactions)
     if interactions.empty and not params.keep_all_items:
         raise InputError(
             source,
@@ -219,14 +219,14 @@ def prepare(raw: RawDataset, params: PreprocessParams, source: str = "RawDataset
             "give more interactions per user, or lower k_core_user (>= 3) / k_core_item in the prepared_dataset config",
         )
 
-    items = clean_items(raw.items, params.max_title_chars, params.max_description_chars, counts)
+    items = clean_items(raw.items, params.max_title_chars, params.max_description_chars, report)
     surviving = pd.Index(interactions["item_id"].unique())
     if not params.keep_all_items:
         n_before = len(items)
         items = items[surviving.get_indexer(items["item_id"]) >= 0]
-        counts["items_without_interactions_removed"] = n_before - len(items)
+        report["items_without_interactions_removed"] = n_before - len(items)
     else:
-        counts["items_without_interactions_removed"] = 0
+        report["items_without_interactions_removed"] = 0
     if len(items) < 2:
         left = ", ".join(repr(i) for i in items["item_id"]) or "none"
         raise InputError(
@@ -285,4 +285,4 @@ def prepare(raw: RawDataset, params: PreprocessParams, source: str = "RawDataset
         params.k_core_user,
         params.k_core_item,
     )
-    return PreparedDataset(items, table, user_sequences), counts
+    return PreparedDataset(items, table, user_sequences), report

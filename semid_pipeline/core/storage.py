@@ -91,6 +91,8 @@ class RunJournal:
     current one into ``<data_dir>/.runs/<dataset>/<run_id>/kept/<n>`` (no bytes copied; the
     replacement is a new file, so the link keeps the old content) and appends ``{"path", "kept"}`` to
     ``journal.jsonl`` (``kept`` null when there was nothing: rollback then removes the new output).
+    This relies on outputs being replaced, never modified in place (:func:`write_table` and
+    ``save_artifact`` write a new file or folder and rename it over the old one).
     The first :meth:`keep` of a path in a run wins: a second write of the same output in one run
     still restores the state before the run. :meth:`discard` forgets it all (the run's outputs stay).
     """

@@ -61,3 +61,16 @@ def test_rollback_restores_tables_and_model_folders_and_removes_new_outputs(tmp_
     assert {p: p.read_bytes() for p in before} == before
     assert not storage.table_path(tmp_path, "semantic_ids", "demo").exists()
     assert not (tmp_path / storage.RUNS_DIR / "demo" / "run-1").exists()
+
+
+def test_a_waiting_run_gets_the_partition_when_the_holder_ends(tmp_path):
+    code = ("import sys, time; from semid_pipeline.core.locks import PartitionLock; "
+            "PartitionLock(sys.argv[1], 'demo', 'run-A').acquire(); print('held', flush=True); time.sleep(1.5)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with PartitionLock(tmp_path, "demo", "run-B", wait_s=60, poll_s=0.1):
+            assert proc.poll() is not None  # got it only once A had ended
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)

@@ -134,3 +134,23 @@ def test_sinkhorn_and_back_leaves_latest_on_the_current_assignment(data_dir):  #
     diff = diff_versions(history, "previous", "latest")
     assert (diff.a, diff.b) == (b, a)  # latest = what semantic_ids holds
     assert assign("append_token") == a and len(storage.read_table(data_dir, "sid_versions", "demo")) == len(history)  # idempotent
+
+
+def test_a_run_that_crashes_keeps_what_its_finished_steps_wrote(tmp_path, monkeypatch):
+    import semid_pipeline.assets.preprocessing as preprocessing
+
+    root, data = tmp_path / "beauty", tmp_path / "data"
+    _write_p5(root, GOOD, {a: f"Item {a}" for a in ITEMS})
+    assert _run(data, PREPARE, root).success
+    before = _hashes(data)
+    _write_p5(root, GOOD, {a: f"Renamed {a}" for a in ITEMS})
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(preprocessing, "prepare", crash)
+    result = _run(data, PREPARE, root)
+    assert not result.success
+    after = _hashes(data)
+    changed = {k for k in after if after[k] != before[k]}
+    assert changed == {"tables/raw_items/dataset=amazon-beauty/part.parquet"}  # not a refusal: the new raw titles stay

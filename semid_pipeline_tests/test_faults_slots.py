@@ -90,3 +90,37 @@ def test_a_finished_holder_without_liveness_is_freed(instance):
     assert free_dead_slots(instance, me, log) == [holder]
     assert log.lines == [f"freed the 'gpu' pool slot of run {holder} (step sid_tokenizer): it is over (CANCELED)"]
     assert _slots(instance) == []
+
+
+def test_the_watchdog_frees_a_slot_whose_holder_dies_while_this_run_waits(instance, tmp_path):
+    import time
+
+    from semid_pipeline.run_guard import _Watchdog
+
+    holder, me = _run(instance), _run(instance)
+    assert instance.event_log_storage.claim_concurrency_slot("gpu", holder, "sid_tokenizer").is_claimed
+    root = liveness_root(instance)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / f"{holder}.lock").write_text("{}")  # the liveness file of a run killed a moment ago: nobody holds its lock
+    log = _Log()
+    dog = _Watchdog(instance, me, log, interval=0.2)
+    dog.start()
+    try:
+        deadline = time.monotonic() + 20
+        while _slots(instance) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        dog.stop.set()
+        dog.join(timeout=10)
+    assert _slots(instance) == [] and log.lines[0].startswith(f"freed the 'gpu' pool slot of run {holder} (step sid_tokenizer)")
+
+
+def test_repository_instance_config_frees_finished_runs_slots_with_a_daemon(tmp_path, monkeypatch):
+    import shutil
+    from pathlib import Path
+
+    shutil.copy(Path(__file__).resolve().parents[1] / "dagster.yaml", tmp_path / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    with DagsterInstance.get() as inst:
+        assert inst.run_monitoring_enabled and inst.run_monitoring_settings["free_slots_after_run_end_seconds"] == 30
+        assert inst.get_concurrency_config().pool_config.default_pool_limit == 1

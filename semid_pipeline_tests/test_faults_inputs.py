@@ -203,3 +203,23 @@ def test_query_returning_a_billion_rows_prints_a_capped_result_with_a_note(tmp_p
     assert cli.stderr.strip() == ("note: showing the first 5 rows; the query returns more (add a LIMIT, aggregate, or pass "
                                   "--max-rows N)")
     assert len([ln for ln in cli.stdout.splitlines() if ln.strip()]) == 6  # header + 5 rows
+
+
+@pytest.mark.parametrize("module, cls, field, value", [
+    ("semantic_ids", "SemanticIdConfig", "batch_size", 0),
+    ("semantic_ids", "SemanticIdConfig", "max_collision_rate", -1.0),
+    ("recommender", "RecommendConfig", "batch_size", 0),
+    ("recommender", "RecommendConfig", "graph_steps", 0),
+    ("baselines", "SASRecRecommendConfig", "batch_size", -5),
+    ("tokenizer_quality", "TokenizerQualityConfig", "n_projection", 0),
+    ("catalog", "CatalogConfig", "max_category_depth", 0),
+    ("explanations", "ExplanationConfig", "max_history", 0),
+])
+def test_sizes_that_cannot_work_are_config_errors(module, cls, field, value):
+    import importlib
+
+    from pydantic import ValidationError
+
+    config = getattr(importlib.import_module(f"semid_pipeline.assets.{module}"), cls)
+    with pytest.raises(ValidationError, match=field):
+        config(**{field: value})

@@ -223,3 +223,18 @@ def test_sizes_that_cannot_work_are_config_errors(module, cls, field, value):
     config = getattr(importlib.import_module(f"semid_pipeline.assets.{module}"), cls)
     with pytest.raises(ValidationError, match=field):
         config(**{field: value})
+
+
+def test_incoming_item_ids_are_checked_and_normalized_like_raw_ones(tmp_path):
+    from semid_pipeline.core.data.incoming import load_incoming_items
+
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    nfd = unicodedata.normalize("NFD", "Bé01")
+    (folder / "a.jsonl").write_text(json.dumps({"item_id": nfd, "title": "x"}) + "\n")
+    items = load_incoming_items(folder)
+    assert items["item_id"].tolist() == [unicodedata.normalize("NFC", "Bé01")]
+    (folder / "b.jsonl").write_text(json.dumps({"item_id": "ok", "title": "x"}) + "\n" + json.dumps({"item_id": "B 1", "title": "y"}) + "\n")
+    with pytest.raises(InputError) as err:
+        load_incoming_items(folder)
+    assert str(err.value) == f"{folder / 'b.jsonl'}:2: 'item_id' holds whitespace or a control character ('B 1'); ids must be single tokens"

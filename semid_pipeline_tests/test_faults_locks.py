@@ -12,12 +12,18 @@ from semid_pipeline.core.locks import PartitionBusyError, PartitionLock, partiti
 from semid_pipeline.run_guard import check_writer
 
 
-def test_second_holder_is_refused_naming_the_first_and_the_lock_dies_with_its_process(tmp_path):
+def _holder(data_dir, seconds: float) -> subprocess.Popen:
+    """Another process holding partition 'demo' of ``data_dir`` for run-A during ``seconds``."""
     code = ("import sys, time; from semid_pipeline.core.locks import PartitionLock; "
-            "PartitionLock(sys.argv[1], 'demo', 'run-A').acquire(); print('held', flush=True); time.sleep(60)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+            "PartitionLock(sys.argv[1], 'demo', 'run-A').acquire(); print('held', flush=True); time.sleep(float(sys.argv[2]))")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(data_dir), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_second_holder_is_refused_naming_the_first_and_the_lock_dies_with_its_process(tmp_path):
+    proc = _holder(tmp_path, 60)
     try:
-        assert proc.stdout.readline().strip() == "held"
         with pytest.raises(PartitionBusyError) as err:
             PartitionLock(tmp_path, "demo", "run-B").acquire()
         assert str(err.value).startswith(f"dataset partition 'demo' of {tmp_path} is being written by run run-A (pid {proc.pid} on ")
@@ -64,11 +70,8 @@ def test_rollback_restores_tables_and_model_folders_and_removes_new_outputs(tmp_
 
 
 def test_a_waiting_run_gets_the_partition_when_the_holder_ends(tmp_path):
-    code = ("import sys, time; from semid_pipeline.core.locks import PartitionLock; "
-            "PartitionLock(sys.argv[1], 'demo', 'run-A').acquire(); print('held', flush=True); time.sleep(1.5)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    proc = _holder(tmp_path, 1.5)
     try:
-        assert proc.stdout.readline().strip() == "held"
         with PartitionLock(tmp_path, "demo", "run-B", wait_s=60, poll_s=0.1):
             assert proc.poll() is not None  # got it only once A had ended
     finally:

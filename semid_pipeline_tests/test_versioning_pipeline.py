@@ -108,7 +108,7 @@ def test_failing_blocking_check_stops_training_and_recommender_refuses_other_tok
     (folder / "a.jsonl").write_text("".join(json.dumps({"item_id": f"NEW{i}", "title": f"Shampoo {i}"}) + "\n" for i in range(3)))
     _run(data_dir, ["incoming_items", "catalog_item_embeddings"])
     rec = {"generative_recommender": {"config": REC_CONFIG}}
-    failing = {"ops": {"semantic_ids": {"config": {"max_collision_rate": -1.0}}, **rec}}
+    failing = {"ops": {"semantic_ids": {"config": {"max_collision_rate": 0.0}}, **rec}}
     result = _run(data_dir, ["semantic_ids", "generative_recommender"], failing, raise_on_error=False)
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks["collision_rate"] is False

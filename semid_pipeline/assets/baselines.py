@@ -4,6 +4,7 @@ eSASRec's gated blocks and sampled softmax are config of the same asset)."""
 import numpy as np
 import pandas as pd
 from dagster import AssetExecutionContext, Config, Output, asset
+from pydantic import Field
 
 from semid_pipeline.core.baselines.popularity import most_popular
 from semid_pipeline.core.baselines.sasrec import SASRecParams, recommend_sasrec, train_sasrec
@@ -62,7 +63,7 @@ def sasrec_model(context: AssetExecutionContext, config: SASRecConfig, items: pd
 
 class SASRecRecommendConfig(Config):
     top_k: int = 10
-    batch_size: int = 1024
+    batch_size: int = Field(1024, ge=1)
 
 
 @asset(partitions_def=dataset_partitions, group_name="baselines", io_manager_key="table_io")

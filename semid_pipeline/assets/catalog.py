@@ -9,6 +9,7 @@ after the last ``item_idx`` in ``item_id`` order: that is the catalog ``semantic
 
 import pandas as pd
 from dagster import AssetExecutionContext, Config, Output, asset
+from pydantic import Field
 
 from semid_pipeline.core.data.catalog import merge_incoming
 from semid_pipeline.core.data.incoming import incoming_dir, list_incoming, load_incoming_items
@@ -18,7 +19,7 @@ from semid_pipeline.resources import StorageResource, TextEncoderResource
 
 
 class CatalogConfig(Config):
-    max_category_depth: int = 3
+    max_category_depth: int = Field(3, ge=1)
     """Category paths of incoming items are cut to this many levels (as ``PreprocessConfig``)."""
 
 

@@ -5,6 +5,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 from dagster import AssetExecutionContext, Config, Output, asset
+from pydantic import Field
 
 from semid_pipeline.core.artifacts import read_artifact_meta
 from semid_pipeline.core.frames import by_item, item_column, sid_matrix, split_inputs, tag_paths_for
@@ -22,7 +23,7 @@ class ExplanationConfig(Config):
     """Which split's recommendation lists to explain ('valid' or 'test')."""
     max_users: Optional[int] = 2000
     """Explain the first this many users (by user_idx) to keep the table small; None: all."""
-    max_history: int = 5
+    max_history: int = Field(5, ge=1)
     """Most recent history items shown per user."""
 
 

@@ -2,7 +2,7 @@
 
 from dagster import AssetExecutionContext, AssetOut, Output, multi_asset
 
-from semid_pipeline.core.data.schema import validate_raw
+from semid_pipeline.core.data.schema import normalize_ids, validate_raw
 from semid_pipeline.partitions import dataset_partitions
 from semid_pipeline.reporting import captured_warnings
 from semid_pipeline.resources import DatasetsResource
@@ -19,10 +19,11 @@ from semid_pipeline.resources import DatasetsResource
 def raw_dataset(context: AssetExecutionContext, datasets: DatasetsResource):
     """Loads the partition's source files. What the loader skips or repairs (items without metadata,
     duplicate metadata lines, dropped examples) is logged in the run and counted in ``raw_items``'
-    metadata (``input_warnings`` and one count per kind); too much of it fails the load."""
+    metadata (``input_warnings`` and one count per kind); too much of it fails the load. Ids are
+    normalized to Unicode NFC (counted as ``ids_normalized_nfc``)."""
     dataset = context.partition_key
     with captured_warnings(context) as notes:
-        raw = datasets.load(dataset)
+        raw = normalize_ids(datasets.load(dataset), source=dataset)  # NFD spellings of an id become the NFC one, counted
     validate_raw(raw, source=dataset)
     context.log.info(f"{dataset}: {len(raw.items):,} items, {len(raw.interactions):,} interactions loaded")
     untitled = int((raw.items["title"].fillna("").astype(str).str.strip() == "").sum())

@@ -2,7 +2,7 @@
 
 from dagster import AssetExecutionContext, AssetIn, AssetOut, Config, Output, multi_asset
 
-from semid_pipeline.core.data.preprocess import PreprocessParams, build_tables
+from semid_pipeline.core.data.preprocess import PreprocessParams, prepare
 from semid_pipeline.core.data.registry import DATASETS
 from semid_pipeline.core.data.schema import RawDataset
 from semid_pipeline.metadata import readable
@@ -28,7 +28,7 @@ def prepared_dataset(context: AssetExecutionContext, config: PreprocessConfig, r
     if params.keep_all_items is None:  # the dataset's default (True for a retrieval corpus such as esci)
         spec = DATASETS.get(context.partition_key)
         params = params.model_copy(update={"keep_all_items": bool(spec and spec.keep_all_items)})
-    prepared = build_tables(RawDataset(raw_items, raw_interactions), params, source=f"dataset {context.partition_key!r}")
+    prepared, removed = prepare(RawDataset(raw_items, raw_interactions), params, source=f"dataset {context.partition_key!r}")
     seqs = prepared.user_sequences
     stats = {
         "n_users": len(seqs),
@@ -37,7 +37,8 @@ def prepared_dataset(context: AssetExecutionContext, config: PreprocessConfig, r
         "avg_sequence_length": float(seqs["n_interactions"].mean()) if len(seqs) else 0.0,
         "density": float(len(prepared.interactions) / max(1, len(seqs) * len(prepared.items))),
     }
-    context.log.info(f"{context.partition_key}: {stats}")
+    context.log.info(f"{context.partition_key}: {stats}; removed or changed on the way: {removed}")
+    stats.update(removed)  # what de-duplication, the k-core filter and the text caps removed, counted
     yield Output(prepared.items, "items", metadata={"n_items": stats["n_items"]})
     yield Output(prepared.interactions, "interactions", metadata={"n_interactions": stats["n_interactions"]})
     yield Output(seqs, "user_sequences", metadata=readable(stats))

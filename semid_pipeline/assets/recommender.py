@@ -6,6 +6,7 @@ from typing import Callable, Literal
 import numpy as np
 import pandas as pd
 from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, Config, Output, asset
+from pydantic import Field
 
 from semid_pipeline.core.baselines.sasrec import SASRec
 from semid_pipeline.core.frames import item_column, item_values, sid_matrix, sid_version, split_inputs, split_top_k, tag_paths_for
@@ -53,17 +54,17 @@ class RecommendConfig(Config):
     beam_size: int = 20
     """Beams kept per step of the constrained beam search (at least ``top_k``)."""
     top_k: int = 10
-    batch_size: int = 256
+    batch_size: int = Field(256, ge=1)
     """Users decoded together (all beams of all users of a batch run as one tensor program)."""
     decoding: Literal["exact", "graph"] = "exact"
     """kind parallel: exact (score every catalogue item) or graph (RPG's graph-constrained decoding)."""
     score: Literal["auto", "digit_logprob", "item_logit"] = "auto"
     """kind parallel: item score (auto: the one the model's loss trains)."""
-    graph_beam_size: int = 50
+    graph_beam_size: int = Field(50, ge=1)
     """kind parallel, graph: items kept per propagation step."""
-    graph_edges: int = 100
+    graph_edges: int = Field(100, ge=1)
     """kind parallel, graph: neighbours per item in the SID-similarity graph."""
-    graph_steps: int = 3
+    graph_steps: int = Field(3, ge=1)
     """kind parallel, graph: propagation steps."""
 
 

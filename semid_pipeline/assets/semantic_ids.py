@@ -5,6 +5,9 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, Config, Output, asset
+from pydantic import Field
+
+from semid_pipeline.core.errors import CheckRefusedError
 
 from semid_pipeline.core.frames import by_item, embedding_matrix
 from semid_pipeline.core.storage import read_table, table_path
@@ -40,9 +43,11 @@ class SemanticIdConfig(Config):
     """How colliding items are made unique: ``append_token`` (TIGER's appended de-duplication token,
     SIDs of length L+1) or ``sinkhorn`` (CAT-ID2/LETTER balanced-OT re-assignment of the last level,
     no extra token: SIDs of length L); see ``core/tokenizers/collisions.py:resolve_collisions``."""
-    max_collision_rate: float = 0.5
-    """Ceiling for the pre-resolution collision rate; above it the blocking check fails and downstream training does not run."""
-    batch_size: int = 8192
+    max_collision_rate: float = Field(0.5, ge=0.0, le=1.0)
+    """Ceiling for the pre-resolution collision rate; above it the blocking check fails: the assignment is
+    not written (the previous one stays current) and downstream training does not run."""
+    batch_size: int = Field(8192, ge=1)
+    """Items encoded per batch (at least 1)."""
 
 
 @asset(
@@ -90,6 +95,27 @@ def semantic_ids(
     stats = codebook_stats(codes, sid_tokenizer.codebook_size)
     usage = {f"level {i + 1}": np.bincount(codes[:, i], minlength=sid_tokenizer.codebook_size).tolist() for i in range(codes.shape[1])}
     context.log.info(f"collision rate before {rate_before:.4f}, after {rate_after:.4f}, max dedup {int(dedup.max(initial=0))}")
+    complete = len(df) == len(ids) and set(df["item_id"]) == set(ids) and bool((sids >= 0).all())
+    checks = [
+        AssetCheckResult(check_name="every_item_has_sid", passed=bool(complete), metadata={"n_items": len(df)}),
+        AssetCheckResult(check_name="sids_unique", passed=bool(rate_after == 0.0), metadata={"collision_rate_after": float(rate_after)}),
+        AssetCheckResult(
+            check_name="collision_rate",
+            passed=bool(rate_before <= config.max_collision_rate),
+            metadata={"collision_rate_before": float(rate_before), "ceiling": config.max_collision_rate},
+        ),
+    ]
+    failed = [c for c in checks if not c.passed]
+    if failed:  # checked before writing: a rejected assignment never becomes the current one
+        yield from checks
+        details = {"every_item_has_sid": f"{len(df)} of {len(ids)} items have a full SID",
+                   "sids_unique": f"collision rate after resolution {rate_after:.4f}",
+                   "collision_rate": f"collision rate before resolution {rate_before:.4f} > max_collision_rate {config.max_collision_rate}"}
+        raise CheckRefusedError(
+            f"semantic_ids of dataset {context.partition_key!r} refused by its blocking checks ("
+            + "; ".join(f"{c.check_name}: {details[c.check_name]}" for c in failed)
+            + f"); nothing written: {table_path(storage.data_dir, 'semantic_ids', context.partition_key)} keeps the previous assignment"
+        )
     yield Output(
         df,
         metadata=readable({
@@ -112,14 +138,7 @@ def semantic_ids(
             "glossary": glossary(SID_GLOSSARY),
         }),
     )
-    complete = len(df) == len(ids) and set(df["item_id"]) == set(ids) and bool((sids >= 0).all())
-    yield AssetCheckResult(check_name="every_item_has_sid", passed=bool(complete), metadata={"n_items": len(df)})
-    yield AssetCheckResult(check_name="sids_unique", passed=bool(rate_after == 0.0), metadata={"collision_rate_after": float(rate_after)})
-    yield AssetCheckResult(
-        check_name="collision_rate",
-        passed=bool(rate_before <= config.max_collision_rate),
-        metadata={"collision_rate_before": float(rate_before), "ceiling": config.max_collision_rate},
-    )
+    yield from checks
 
 
 def _previous_assignment(data_dir: str, dataset: str, version: str):

@@ -5,6 +5,7 @@ SIDs ``semantic_ids`` produced (its codes, collision strategy, SID length and SI
 import numpy as np
 import pandas as pd
 from dagster import AssetExecutionContext, AssetOut, Config, Output, multi_asset
+from pydantic import Field
 
 from semid_pipeline.core.frames import by_item, embedding_matrix, tag_paths_for
 from semid_pipeline.core.tokenizers.collaborative import tokenizer_input
@@ -15,9 +16,9 @@ from semid_pipeline.partitions import dataset_partitions
 
 
 class TokenizerQualityConfig(Config):
-    n_samples: int = 20
+    n_samples: int = Field(20, ge=0)
     """Items whose SID -> tag path is listed in ``tokenizer_sample_paths``."""
-    n_projection: int = 2000
+    n_projection: int = Field(2000, ge=1)
     """Items in the 2-D latent projection plot."""
     seed: int = 0
 

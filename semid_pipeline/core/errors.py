@@ -19,3 +19,7 @@ class InputError(ValueError):
         self.problem = problem
         where = f"{self.path}:{line}" if line is not None else self.path
         super().__init__(f"{where}: {problem}")
+
+
+class CheckRefusedError(ValueError):
+    """A blocking check of an asset failed: the step writes nothing, so the previous output stays current."""

@@ -7,6 +7,8 @@ Layout under ``data_dir``::
     semid.duckdb                                         one view per table over all datasets
 
 Writes are atomic (temp file + ``os.replace``), so a failed run leaves the previous output intact.
+A :class:`RunJournal` keeps what a run replaced (hard links: no copy of the bytes) so that a run
+that is refused later on can put every earlier output back byte-identical (:meth:`RunJournal.rollback`).
 The views read every dataset partition of a table and expose it as a ``dataset`` column, so
 ``select * from semantic_ids where dataset = 'demo'`` works right after a run.
 
@@ -22,8 +24,10 @@ before anything runs, and reads outside the tables folder (``read_text('/etc/pas
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import uuid
 from pathlib import Path
 from typing import Iterable
@@ -74,6 +78,92 @@ def write_table(data_dir: str | os.PathLike, table: str, dataset: str, df: pd.Da
             tmp.unlink()
     refresh_views(data_dir, [table])
     return path
+
+
+RUNS_DIR = ".runs"
+"""Under ``data_dir``: one folder per running run with its journal and the outputs it replaced."""
+
+
+class RunJournal:
+    """What one run replaced under ``data_dir``, so that :meth:`rollback` can restore it.
+
+    Before an output (a table file or a model folder) is replaced, :meth:`keep` hard-links the
+    current one into ``<data_dir>/.runs/<dataset>/<run_id>/kept/<n>`` (no bytes copied; the
+    replacement is a new file, so the link keeps the old content) and appends ``{"path", "kept"}`` to
+    ``journal.jsonl`` (``kept`` null when there was nothing: rollback then removes the new output).
+    This relies on outputs being replaced, never modified in place (:func:`write_table` and
+    ``save_artifact`` write a new file or folder and rename it over the old one).
+    The first :meth:`keep` of a path in a run wins: a second write of the same output in one run
+    still restores the state before the run. :meth:`discard` forgets it all (the run's outputs stay).
+    """
+
+    def __init__(self, data_dir: str | os.PathLike, dataset: str, run_id: str):
+        self.data_dir = Path(data_dir)
+        self.root = self.data_dir / RUNS_DIR / dataset / run_id
+        self._seen: set[str] = set()
+
+    @property
+    def journal_path(self) -> Path:
+        return self.root / "journal.jsonl"
+
+    def entries(self) -> list[dict]:
+        if not self.journal_path.exists():
+            return []
+        return [json.loads(line) for line in self.journal_path.read_text().splitlines() if line.strip()]
+
+    def keep(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        key = str(path)
+        if key in self._seen or any(e["path"] == key for e in self.entries()):
+            self._seen.add(key)
+            return
+        kept = None
+        if path.exists():
+            kept = self.root / "kept" / str(len(self.entries()))
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            if path.is_dir():
+                shutil.copytree(path, kept, copy_function=os.link)
+            else:
+                os.link(path, kept)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self.journal_path.open("a") as fh:
+            fh.write(json.dumps({"path": key, "kept": str(kept) if kept else None}) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        self._seen.add(key)
+
+    def rollback(self) -> list[str]:
+        """Puts every output the run replaced back as it was (newest first); returns their paths."""
+        restored = []
+        for entry in reversed(self.entries()):
+            path = Path(entry["path"])
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+            if entry["kept"]:
+                os.replace(entry["kept"], path)
+            restored.append(str(path))
+        tables = {Path(p).parent.parent.name for p in restored if Path(p).name == "part.parquet"}
+        self.discard()
+        refresh_views(self.data_dir, sorted(t for t in tables if (table_dir(self.data_dir, t)).is_dir()))
+        return restored
+
+    def discard(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+        self._seen.clear()
+
+
+def discard_stale_journals(data_dir: str | os.PathLike, dataset: str, keep: str | None = None) -> list[str]:
+    """Removes the journals of ``dataset``'s runs that are over (a killed run's: what its finished steps
+    wrote stays); call only while holding the partition. Returns the run ids removed."""
+    root = Path(data_dir) / RUNS_DIR / dataset
+    removed = []
+    for run in sorted(root.glob("*")) if root.is_dir() else []:
+        if run.name != keep:
+            shutil.rmtree(run, ignore_errors=True)
+            removed.append(run.name)
+    return removed
 
 
 def read_table(data_dir: str | os.PathLike, table: str, dataset: str) -> pd.DataFrame:
@@ -163,12 +253,17 @@ def read_only_connection(data_dir: str | os.PathLike) -> duckdb.DuckDBPyConnecti
     return con
 
 
-def query(data_dir: str | os.PathLike, sql: str) -> pd.DataFrame:
+def query(data_dir: str | os.PathLike, sql: str, max_rows: int | None = None) -> pd.DataFrame:
     """Runs ``sql`` (one or more SELECT statements; the last one's rows are returned) read-only.
 
     Raises :class:`QueryError` (one line) for a statement that is not a SELECT, a syntax error, an
     unknown table or column, or a file outside ``<data_dir>/tables``; the tables are never written.
+    With ``max_rows`` at most that many rows are fetched (streamed in batches, so a query returning
+    billions of rows costs no more memory than ``max_rows`` of them); ``df.attrs["truncated"]`` then
+    says whether there were more.
     """
+    if max_rows is not None and max_rows < 1:
+        raise QueryError(f"max_rows must be >= 1, got {max_rows}")
     con = read_only_connection(data_dir)
     try:
         try:
@@ -187,11 +282,34 @@ def query(data_dir: str | os.PathLike, sql: str) -> pd.DataFrame:
         try:
             for st in statements[:-1]:
                 con.execute(st)
-            return con.execute(statements[-1]).df()
+            if max_rows is None:
+                return con.execute(statements[-1]).df()
+            return _first_rows(con, statements[-1].query, max_rows)
         except duckdb.Error as e:
             raise QueryError(_one_line(e)) from None
+        except MemoryError:
+            raise QueryError("out of memory computing the result: add a LIMIT or aggregate (count(*), group by)") from None
     finally:
         con.close()
+
+
+def _first_rows(con: duckdb.DuckDBPyConnection, sql: str, max_rows: int) -> pd.DataFrame:
+    """At most ``max_rows`` rows of ``sql``'s result, streamed in batches (the rest is never computed);
+    ``attrs["truncated"]`` set."""
+    relation = con.sql(sql)
+    if relation is None:  # a statement without a result set
+        return pd.DataFrame()
+    reader = relation.to_arrow_reader(min(max_rows + 1, 100_000))
+    batches, n = [], 0
+    for batch in reader:
+        batches.append(batch)
+        n += batch.num_rows
+        if n > max_rows:
+            break
+    table = pa.Table.from_batches(batches, schema=reader.schema).slice(0, max_rows)
+    df = table.to_pandas()
+    df.attrs["truncated"] = n > max_rows
+    return df
 
 
 def _one_line(err: BaseException) -> str:

@@ -45,6 +45,7 @@ import json
 import logging
 import os
 import re
+import time
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -54,7 +55,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from semid_pipeline.core.data.schema import ITEM_COLUMNS, RawDataset
+from semid_pipeline.core.data.schema import ITEM_COLUMNS, RawDataset, id_problem, timestamp_problem
 from semid_pipeline.core.errors import InputError
 from semid_pipeline.core.params import StrictParams
 from semid_pipeline.core.progress import ProgressFn, Throttle
@@ -143,17 +144,51 @@ def _literal_object(path: Path, line_no: int, raw: bytes) -> dict:
     except json.JSONDecodeError:
         try:
             obj = ast.literal_eval(text.strip())
-        except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError) as err:
+        except ValueError as err:  # parsed, but holds something that is not a literal: say what and where
+            raise InputError(path, line_no, f"neither a Python literal nor JSON: {_not_literal(text.strip())}") from err
+        except (SyntaxError, TypeError, MemoryError, RecursionError) as err:
             raise InputError(path, line_no, f"neither a Python literal nor JSON: {err}") from err
     if not isinstance(obj, dict):
         raise InputError(path, line_no, f"expected a dict, got {type(obj).__name__}")
     return obj
 
 
+_LITERAL_NODES = (ast.Expression, ast.Constant, ast.Dict, ast.List, ast.Tuple, ast.Set, ast.UnaryOp, ast.BinOp,
+                  ast.USub, ast.UAdd, ast.Add, ast.Sub, ast.Load)
+_NODE_WORDS = {"Call": "a function call", "Name": "a name", "Attribute": "an attribute access", "Lambda": "a lambda",
+               "Subscript": "a subscript", "JoinedStr": "an f-string", "BoolOp": "a boolean expression",
+               "Compare": "a comparison", "ListComp": "a comprehension", "GeneratorExp": "a generator"}
+
+
+def _not_literal(text: str) -> str:
+    """What in ``text`` (which parses as an expression) ``ast.literal_eval`` refuses, with its column."""
+    try:
+        tree = ast.parse(text, mode="eval")
+    except (SyntaxError, ValueError, MemoryError, RecursionError) as err:
+        return str(err)
+    for node in ast.walk(tree):
+        if not isinstance(node, _LITERAL_NODES):
+            kind = type(node).__name__
+            col = getattr(node, "col_offset", None)
+            where = f" at column {col + 1}" if col is not None else ""
+            snippet = text[col: col + 40] if col is not None else ""
+            return (f"it holds {_NODE_WORDS.get(kind, kind)}{where} ({snippet!r}); metadata lines may hold only dicts, "
+                    "lists, strings and numbers, and code is never run")
+    return "a value literal_eval does not accept"
+
+
 def _required_str(rec: dict, key: str, path: Path, line_no: int) -> str:
     value = rec.get(key)
     if not isinstance(value, str) or not value:
         problem = "missing" if value is None else f"must be a non-empty string, got {value!r:.60}"
+        raise InputError(path, line_no, f"field {key!r} {problem}")
+    return value
+
+
+def _required_id(rec: dict, key: str, path: Path, line_no: int) -> str:
+    value = _required_str(rec, key, path, line_no)
+    problem = id_problem(value)
+    if problem:
         raise InputError(path, line_no, f"field {key!r} {problem}")
     return value
 
@@ -199,7 +234,7 @@ def _meta_2014(rec: dict, path: Path, line_no: int) -> _MetaRecord:
         raise InputError(path, line_no, "field 'categories' must be a list of category paths")
     paths = [_clean_category(_str_list(p, "categories", path, line_no)) for p in cats]
     return (
-        _required_str(rec, "asin", path, line_no),
+        _required_id(rec, "asin", path, line_no),
         _optional_str(rec, "title", path, line_no) or "",
         _optional_str(rec, "brand", path, line_no),
         paths,
@@ -214,7 +249,7 @@ def _meta_2018(rec: dict, path: Path, line_no: int) -> _MetaRecord:
         rec.get("imageURL"), "imageURL", path, line_no
     )
     return (
-        _required_str(rec, "asin", path, line_no),
+        _required_id(rec, "asin", path, line_no),
         _optional_str(rec, "title", path, line_no) or "",
         _optional_str(rec, "brand", path, line_no),
         [_clean_category(_str_list(rec.get("category"), "category", path, line_no))],
@@ -318,15 +353,19 @@ def _read_reviews(path: Path, progress: Optional[ProgressFn]) -> pd.DataFrame:
     items: list[str] = []
     times: list[int] = []
     ratings: list[float] = []
+    now = time.time()
     for line_no, raw in _lines(path, progress):
         rec = _json_object(path, line_no, raw)
-        users.append(_required_str(rec, "reviewerID", path, line_no))
-        items.append(_required_str(rec, "asin", path, line_no))
+        users.append(_required_id(rec, "reviewerID", path, line_no))
+        items.append(_required_id(rec, "asin", path, line_no))
         t = rec.get("unixReviewTime")
         if isinstance(t, str) and t.strip().isdigit():
             t = int(t)
         if isinstance(t, bool) or not isinstance(t, int):
             raise InputError(path, line_no, f"field 'unixReviewTime' must be an integer, got {t!r:.40}")
+        problem = timestamp_problem(t, now)
+        if problem:
+            raise InputError(path, line_no, f"field 'unixReviewTime': {problem}")
         times.append(t)
         r = rec.get("overall")
         if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float))):

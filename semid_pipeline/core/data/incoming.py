@@ -18,12 +18,13 @@ import hashlib
 import json
 import logging
 import os
+import unicodedata
 from pathlib import Path
 from typing import Dict, List, Tuple
 
 import pandas as pd
 
-from semid_pipeline.core.data.schema import ITEM_COLUMNS
+from semid_pipeline.core.data.schema import ITEM_COLUMNS, id_problem
 from semid_pipeline.core.errors import InputError
 from semid_pipeline.core.params import unknown_keys_problem
 
@@ -92,8 +93,12 @@ def _parse_line(path: Path, lineno: int, line: str) -> Dict[str, object]:
         cats = []
     if not isinstance(cats, list) or not all(isinstance(c, str) for c in cats):
         raise InputError(path, lineno, f"'categories' must be a list of strings, got {cats!r}")
+    item_id = unicodedata.normalize("NFC", row["item_id"].strip())  # the spelling raw ids have (schema.normalize_ids)
+    bad_id = id_problem(item_id)
+    if bad_id:
+        raise InputError(path, lineno, f"'item_id' {bad_id}")
     return {
-        "item_id": row["item_id"].strip(),
+        "item_id": item_id,
         "title": row["title"],
         "brand": row.get("brand"),
         "categories": list(cats),

@@ -3,7 +3,8 @@
 The pipeline (:func:`build_tables`) follows the standard preprocessing of the sequential
 recommendation benchmarks (SASRec / S3-Rec / P5 / TIGER on Amazon 5-core data):
 
-1. :func:`clean_items` normalises the catalog's text fields.
+1. :func:`clean_items` normalises the catalog's text fields and cuts titles and descriptions
+   longer than ``max_title_chars`` / ``max_description_chars`` (counted).
 2. :func:`clean_interactions` orders each user's events chronologically (stable: events with
    equal timestamps keep their input order) and removes repeats: exact
    ``(user, item, timestamp)`` duplicates always, and with ``drop_duplicates`` every repeat of a
@@ -14,6 +15,12 @@ recommendation benchmarks (SASRec / S3-Rec / P5 / TIGER on Amazon 5-core data):
 4. ``item_idx`` / ``user_idx`` are the ranks of ``item_id`` / ``user_id`` in sorted order over the
    survivors; category paths are cut to ``max_category_depth``; the last event of each user is the
    test target, the one before it the validation target, the rest the training history.
+
+Nothing is dropped uncounted: :func:`prepare` returns, beside the tables, the counts of what each
+step removed or changed (repeats removed by de-duplication, users, items and interactions removed
+by the k-core filter, users whose events were re-ordered by time, truncated texts), which the
+``prepared_dataset`` asset shows in its metadata. Fewer than 2 items left is refused: semantic IDs
+cannot be learned for one item.
 """
 
 from __future__ import annotations
@@ -50,6 +57,13 @@ class PreprocessParams(StrictParams):
         description="Keep only the first (chronological) interaction of each (user, item) pair. "
         "Exact (user, item, timestamp) duplicates are always removed.",
     )
+    max_title_chars: int = Field(
+        1000, ge=1, description="Titles longer than this are cut to it (counted in the metadata): a runaway field must not "
+        "reach the text encoder whole.",
+    )
+    max_description_chars: int = Field(
+        20000, ge=1, description="Descriptions longer than this are cut to it (counted in the metadata).",
+    )
     keep_all_items: Optional[bool] = Field(
         None,
         description="Keep catalog items without interactions after the k-core (a retrieval corpus such as ESCI, "
@@ -71,18 +85,31 @@ def _normalise_text(s: pd.Series) -> pd.Series:
     return s.mask(s == "")
 
 
-def clean_items(items: pd.DataFrame) -> pd.DataFrame:
+def _cap(s: pd.Series, limit: int) -> tuple[pd.Series, int]:
+    long = s.str.len() > limit
+    return s.mask(long, s.str.slice(0, limit)), int(long.sum())
+
+
+def clean_items(items: pd.DataFrame, max_title_chars: int | None = None, max_description_chars: int | None = None,
+                counts: dict | None = None) -> pd.DataFrame:
     """Returns a copy of a RawDataset ``items`` table with normalised text fields.
 
     Whitespace is collapsed in ``title``, ``brand``, ``description`` and category names; empty
     brands/descriptions/images and the placeholder brands in :data:`PLACEHOLDER_BRANDS` (such as
     ``"Unknown"``) become missing; a missing title becomes ``""``; empty category names are dropped.
+    Titles / descriptions longer than the given limits are cut to them; ``counts`` (when given)
+    gets ``titles_truncated`` / ``descriptions_truncated``.
     """
     out = items.copy()
     out["title"] = _normalise_text(out["title"]).fillna("")
     brand = _normalise_text(out["brand"])
     out["brand"] = brand.mask(brand.str.lower().isin(PLACEHOLDER_BRANDS))
     out["description"] = _normalise_text(out["description"])
+    for column, limit in (("title", max_title_chars), ("description", max_description_chars)):
+        if limit is not None:
+            out[column], n = _cap(out[column], limit)
+            if counts is not None:
+                counts[f"{column}s_truncated"] = n
     out["image"] = _normalise_text(out["image"])
     out["categories"] = [[" ".join(n.split()) for n in path if n.strip()] for path in out["categories"]]
     return out
@@ -151,23 +178,64 @@ def build_tables(raw: RawDataset, params: PreprocessParams, source: str = "RawDa
     """Validates, cleans and filters ``raw`` and builds the prepared ``items``, ``interactions`` and ``user_sequences``.
 
     ``source`` names the input in errors. Raises ``InputError`` when ``raw`` breaks the RawDataset
-    contract or when no interactions survive the k-core filter.
+    contract, when no interactions survive the k-core filter or fewer than 2 items are left.
+    :func:`prepare` does the same and also returns what each step removed.
     """
+    return prepare(raw, params, source)[0]
+
+
+def _users_reordered(interactions: pd.DataFrame) -> int:
+    """Users whose events are not in chronological order in the input (stable-sorted by time later)."""
+    frame = pd.DataFrame({"u": interactions["user_id"].to_numpy(), "t": interactions["timestamp"].to_numpy()})
+    backwards = frame.groupby("u", sort=False)["t"].diff() < 0
+    return int(frame.loc[backwards.to_numpy(), "u"].nunique())
+
+
+def prepare(raw: RawDataset, params: PreprocessParams, source: str = "RawDataset") -> tuple[PreparedDataset, dict]:
+    """:func:`build_tables` plus the counts of what was removed or changed on the way (for the metadata):
+    ``raw_interactions``, ``exact_duplicates_removed``, ``repeats_removed`` (later events of a
+    (user, item) pair with ``drop_duplicates``), ``users_reordered_by_time``, ``kcore_users_removed``,
+    ``kcore_items_removed``, ``kcore_interactions_removed``, ``items_without_interactions_removed``,
+    ``titles_truncated``, ``descriptions_truncated``."""
     validate_raw(raw, source)
+    report: dict = {"raw_interactions": len(raw.interactions), "users_reordered_by_time": _users_reordered(raw.interactions)}
+    exact = clean_interactions(raw.interactions, drop_duplicates=False)
     interactions = clean_interactions(raw.interactions, params.drop_duplicates)
+    report["exact_duplicates_removed"] = len(raw.interactions) - len(exact)
+    report["repeats_removed"] = len(exact) - len(interactions)
     n_clean = len(interactions)
+    before_users, before_items = interactions["user_id"].nunique(), interactions["item_id"].nunique()
     interactions = kcore_filter(interactions, params.k_core_user, params.k_core_item)
+    report["kcore_users_removed"] = int(before_users - interactions["user_id"].nunique())
+    report["kcore_items_removed"] = int(before_items - interactions["item_id"].nunique())
+    report["kcore_interactions_removed"] = n_clean - len(interactions)
     if interactions.empty and not params.keep_all_items:
         raise InputError(
             source,
             None,
-            f"no interactions survive the {params.k_core_user}/{params.k_core_item} (user/item) k-core filter",
+            f"no interactions survive the {params.k_core_user}/{params.k_core_item} (user/item) k-core filter "
+            f"({n_clean:,} interactions of {before_users:,} users and {before_items:,} items after de-duplication; every user "
+            f"needs >= k_core_user = {params.k_core_user} events on items that have >= k_core_item = {params.k_core_item}): "
+            "give more interactions per user, or lower k_core_user (>= 3) / k_core_item in the prepared_dataset config",
         )
 
-    items = clean_items(raw.items)
+    items = clean_items(raw.items, params.max_title_chars, params.max_description_chars, report)
     surviving = pd.Index(interactions["item_id"].unique())
     if not params.keep_all_items:
+        n_before = len(items)
         items = items[surviving.get_indexer(items["item_id"]) >= 0]
+        report["items_without_interactions_removed"] = n_before - len(items)
+    else:
+        report["items_without_interactions_removed"] = 0
+    if len(items) < 2:
+        left = ", ".join(repr(i) for i in items["item_id"]) or "none"
+        raise InputError(
+            source,
+            None,
+            f"only {len(items)} item ({left}) left of {len(raw.items):,} in the catalog after de-duplication and the "
+            f"{params.k_core_user}/{params.k_core_item} k-core filter; semantic IDs need at least 2 items (the smallest "
+            "codebook has 2 codes): give a catalog with more items that users interact with",
+        )
     items = items.sort_values("item_id", kind="stable")
     items = items.reset_index(drop=True)
     items.insert(0, "item_idx", np.arange(len(items), dtype=np.int64))
@@ -217,4 +285,4 @@ def build_tables(raw: RawDataset, params: PreprocessParams, source: str = "RawDa
         params.k_core_user,
         params.k_core_item,
     )
-    return PreparedDataset(items, table, user_sequences)
+    return PreparedDataset(items, table, user_sequences), report

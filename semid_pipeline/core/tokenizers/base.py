@@ -28,7 +28,7 @@ from torch import Tensor
 
 from semid_pipeline.core.artifacts import Artifact, register_artifact
 from semid_pipeline.core.device import configure_threads
-from semid_pipeline.core.params import check_limit
+from semid_pipeline.core.params import LimitError, check_limit
 from semid_pipeline.core.progress import ProgressFn
 from semid_pipeline.core.tokenizers.collaborative import CollaborativeInput, CollaborativeParams
 from semid_pipeline.core.tokenizers.opq import OPQ, OPQParams, fit_opq
@@ -346,6 +346,9 @@ def train_tokenizer(
                 f"tokenizer input: {params.text_dims} whitened text + {params.collaborative_dims} whitened collaborative dims; "
                 f"{inputs.n_predicted(raw):,} of {n:,} items without interactions get theirs predicted from text"
             )
+    if n < 2:  # no codebook_size fits (its minimum is 2): advise on the data, not on the setting
+        raise LimitError(f"{n} item to tokenize: a tokenizer needs at least 2 items (the smallest codebook has 2 codes); "
+                         "give a catalog with more items")
     check_limit("codebook_size", params.codebook_size, high=n, high_reason=CODEBOOK_LIMIT)
     faiss.omp_set_num_threads(configure_threads(None))  # SEMID_NUM_THREADS for torch and faiss alike
     sup = _sub(params, SupervisionParams)

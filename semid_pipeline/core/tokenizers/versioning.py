@@ -12,7 +12,9 @@ A living catalog is re-tokenized again and again, so every assignment is kept:
   between two assignments of one tokenizer is answerable too.
 - ``sid_versions`` (one row per item per assignment): ``assignment_id, tokenizer_version,
   item_id, item_idx, codes, sid, sid_str, mode ('full'|'frozen'), assigned_at`` (UTC ISO time).
-  Re-running the same assignment replaces its rows rather than duplicating them.
+  The table is append-only. Re-running the assignment that is already the latest adds nothing;
+  returning to an earlier one (sinkhorn, then back to append_token) appends its rows again with
+  the new time, so the latest assignment is always the one ``semantic_ids`` holds.
 
 :func:`diff_versions` compares two assignments (or tokenizer versions, meaning their latest
 assignment): items added, removed, moved (same item, different SID), unchanged, and each side's
@@ -96,29 +98,50 @@ def version_rows(assignment: pd.DataFrame, tok_version: str, mode: str, assigned
 
 
 def append_versions(table: pd.DataFrame | None, rows: pd.DataFrame) -> pd.DataFrame:
-    """``table`` plus ``rows``; an assignment already in ``table`` keeps its first rows (idempotent).
+    """``table`` plus ``rows`` (one assignment), append-only: every row of ``table`` is kept.
 
-    Re-materializing an unchanged assignment therefore does not add a duplicate version, and its
-    original ``assigned_at`` is kept.
+    Nothing is added when ``rows``' assignment is already the latest (re-materializing an unchanged
+    assignment keeps its original ``assigned_at``); an earlier assignment becoming current again is
+    appended again, so that :func:`resolve_version` ``"latest"`` names it.
     """
     if table is None or table.empty:
         return rows.reset_index(drop=True)
-    new_ids = set(rows["assignment_id"].unique()) - set(table["assignment_id"].unique())
-    add = rows[rows["assignment_id"].isin(new_ids)]
-    return pd.concat([table, add], ignore_index=True) if len(add) else table.reset_index(drop=True)
+    latest = str(table["assignment_id"].iloc[-1])
+    if set(rows["assignment_id"].unique()) == {latest}:
+        return table.reset_index(drop=True)
+    return pd.concat([table, rows], ignore_index=True)
+
+
+def check_append_only(before: pd.DataFrame | None, after: pd.DataFrame) -> None:
+    """Raises ``RuntimeError`` unless ``after`` starts with every row of ``before`` (same assignment ids, in order)."""
+    if before is None or before.empty:
+        return
+    head = after["assignment_id"].iloc[: len(before)].astype(str).tolist()
+    if len(after) < len(before) or head != before["assignment_id"].astype(str).tolist():
+        raise RuntimeError(
+            f"sid_versions would lose history: {len(before)} recorded rows, {len(after)} after the update; refusing to write"
+        )
+
+
+def assignment_rows(table: pd.DataFrame, assignment: str) -> pd.DataFrame:
+    """The rows of one recorded assignment (its last recording when it was appended again), one per item."""
+    rows = table[table["assignment_id"] == assignment]
+    return rows.drop_duplicates("item_id", keep="last")
 
 
 def list_versions(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per assignment, oldest first: id, tokenizer version, mode, time, item count."""
+    """One row per assignment, ordered by when it last became current (the last row is the current
+    one): id, tokenizer version, mode, time it last became current, first time, item count."""
     if table.empty:
-        return pd.DataFrame(columns=["assignment_id", "tokenizer_version", "mode", "assigned_at", "n_items"])
-    first = table.reset_index(drop=True).reset_index().groupby("assignment_id", sort=False)
-    out = first.agg(
+        return pd.DataFrame(columns=["assignment_id", "tokenizer_version", "mode", "assigned_at", "first_assigned_at", "n_items"])
+    groups = table.reset_index(drop=True).reset_index().groupby("assignment_id", sort=False)
+    out = groups.agg(
         tokenizer_version=("tokenizer_version", "first"),
         mode=("mode", "first"),
-        assigned_at=("assigned_at", "first"),
-        n_items=("item_id", "size"),
-        order=("index", "min"),
+        assigned_at=("assigned_at", "last"),
+        first_assigned_at=("assigned_at", "first"),
+        n_items=("item_id", "nunique"),
+        order=("index", "max"),
     )
     return out.sort_values("order").drop(columns="order").reset_index()
 
@@ -195,8 +218,8 @@ def diff_versions(table: pd.DataFrame, a: str, b: str) -> VersionDiff:
     Collision rates are of the tokenizer's codes before resolution; codebook use per level.
     """
     a_id, b_id = resolve_version(table, a), resolve_version(table, b)
-    ta = table[table["assignment_id"] == a_id].set_index("item_id")
-    tb = table[table["assignment_id"] == b_id].set_index("item_id")
+    ta = assignment_rows(table, a_id).set_index("item_id")
+    tb = assignment_rows(table, b_id).set_index("item_id")
     common = ta.index.intersection(tb.index)
     moved = common[ta.loc[common, "sid_str"].to_numpy() != tb.loc[common, "sid_str"].to_numpy()]
     ca, cb = _codes(ta), _codes(tb)
@@ -267,7 +290,7 @@ def check_same_assignment(
             "sid_versions has no record of the former, so unchanged SIDs cannot be shown; retrain it "
             "(materialize generative_recommender)."
         )
-    old = history.loc[history["assignment_id"] == trained_on, ["item_id", "sid_str"]]
+    old = assignment_rows(history, trained_on)[["item_id", "sid_str"]]
     now = semantic_ids.set_index(semantic_ids["item_id"].astype(str))["sid_str"].astype(str)
     then = old.set_index(old["item_id"].astype(str))["sid_str"].astype(str)
     found = now.reindex(then.index)

@@ -126,13 +126,14 @@ def _load_demo(shared_dir: str, options: Dict[str, Any]) -> RawDataset:
     return generate_demo(DemoParams(**{k: v for k, v in options.items() if k in DemoParams.model_fields}))
 
 
-def _shared_root(shared_dir: str, options: Dict[str, Any], what: str) -> Path:
+def _shared_root(shared_dir: str, options: Dict[str, Any], missing: str) -> Path:
+    """``options['root']``, else ``<shared_dir>/datasets/<shared_folder>``; ``InputError`` with ``missing`` when absent."""
     folder = options.get("shared_folder")
     if not options.get("root") and not folder:
-        raise InputError(OPTIONS_SOURCE, None, f"{what}: set the 'root' option (or 'shared_folder' under SEMID_SHARED_DIR/datasets)")
+        raise InputError(OPTIONS_SOURCE, None, "set the 'root' option (or 'shared_folder', a folder under SEMID_SHARED_DIR/datasets)")
     root = Path(options.get("root") or Path(shared_dir) / "datasets" / folder)
     if not root.exists():
-        raise InputError(root, None, f"{what} folder not found (set SEMID_SHARED_DIR or the 'root' option)")
+        raise InputError(root, None, missing)
     return root
 
 
@@ -140,7 +141,7 @@ def _load_amazon(shared_dir: str, options: Dict[str, Any]) -> RawDataset:
     from semid_pipeline.core.data.amazon import AmazonParams, load_amazon
 
     category = options.get("category", "Beauty")
-    root = _shared_root(shared_dir, options, f"Amazon {category}")
+    root = _shared_root(shared_dir, options, f"dataset folder not found (set SEMID_SHARED_DIR or the 'root' option); needed for {category}")
     params = {"format": "p5", "category": category, "root": str(root)}
     params.update({k: v for k, v in options.items() if k not in ("root", "shared_folder")})
     return load_amazon(AmazonParams(**params))
@@ -181,7 +182,8 @@ def _load_demo_queries(shared_dir: str, options: Dict[str, Any]) -> pd.DataFrame
 def _esci_params(shared_dir: str, options: Dict[str, Any]):
     from semid_pipeline.core.data.esci import EsciParams
 
-    root = _shared_root(shared_dir, options, "ESCI (the folder holding shopping_queries_dataset_examples.parquet and ..._products.parquet)")
+    root = _shared_root(shared_dir, options, "ESCI folder not found (set SEMID_SHARED_DIR or the 'root' option to the folder "
+                                             "holding shopping_queries_dataset_examples.parquet and ..._products.parquet)")
     return EsciParams(**{**{k: v for k, v in options.items() if k != "shared_folder"}, "root": str(root)})
 
 
@@ -200,7 +202,8 @@ def _load_esci_queries(shared_dir: str, options: Dict[str, Any]) -> pd.DataFrame
 def _load_kuairand(shared_dir: str, options: Dict[str, Any]) -> RawDataset:
     from semid_pipeline.core.data.kuairand import KuaiRandParams, load_kuairand
 
-    root = _shared_root(shared_dir, options, "KuaiRand (the folder holding log_standard_*.csv, video_features_basic_*.csv, ...)")
+    root = _shared_root(shared_dir, options, "KuaiRand folder not found (set SEMID_SHARED_DIR or the 'root' option to the "
+                                             "folder holding log_standard_*.csv, video_features_basic_*.csv, ...)")
     return load_kuairand(KuaiRandParams(**{**{k: v for k, v in options.items() if k != "shared_folder"}, "root": str(root)}))
 
 

@@ -139,6 +139,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--sasrec-epochs", type=int, default=3)
     parser.add_argument("--tokenizer-epochs", type=int, default=10)
     parser.add_argument("--workdir", help="where the generic files and both data dirs go (default: a new temporary folder)")
+    parser.add_argument("--parallel", action="store_true", help="run the two materializations at the same time (same CPUs)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep a finished run whose result file is already in --workdir (resuming after an interruption)")
+    parser.add_argument("--note", default="", help="a line about how this run was made, stored in the result")
     parser.add_argument("--child", nargs=4, metavar=("DATASET", "DATA_DIR", "CONFIG", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -163,18 +167,25 @@ def main(argv=None) -> dict:
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
     env = {**os.environ, "SEMID_DATASETS_FILE": str(work / "files" / "datasets.yaml"), "PYTHONPATH": str(REPO)}
-    runs, data_dirs = {}, {}
+    runs, data_dirs, children = {}, {}, {}
     affinity = sorted(os.sched_getaffinity(0))
     for dataset in (BUILTIN, GENERIC):
         data_dirs[dataset] = work / f"data-{dataset}"
         out = work / f"run-{dataset}.json"
+        if args.reuse and out.is_file() and json.loads(out.read_text()).get("success"):
+            print(f"{dataset}: reusing the finished run in {data_dirs[dataset]}", flush=True)
+            continue
         cmd = [sys.executable, __file__, "--child", dataset, str(data_dirs[dataset]), str(config_path), str(out)]
         print(f"{dataset}: materializing the whole graph (cpus {affinity}) ...", flush=True)
         with open(work / f"log-{dataset}.txt", "w") as log:
-            code = subprocess.call(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-        if code != 0:
-            raise SystemExit(f"{dataset}: run failed (exit {code}); see {work / f'log-{dataset}.txt'}")
-        runs[dataset] = json.loads(out.read_text())
+            children[dataset] = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        if not args.parallel:
+            children[dataset].wait()
+    for dataset, child in children.items():
+        if child.wait() != 0:
+            raise SystemExit(f"{dataset}: run failed (exit {child.returncode}); see {work / f'log-{dataset}.txt'}")
+    for dataset in (BUILTIN, GENERIC):
+        runs[dataset] = json.loads((work / f"run-{dataset}.json").read_text())
         print(f"{dataset}: {runs[dataset]['wall_seconds']} s", flush=True)
 
     tables = compare(data_dirs)
@@ -190,6 +201,7 @@ def main(argv=None) -> dict:
             {"builtin": a, "generic": b} for a, b in zip(evaluation[BUILTIN], evaluation[GENERIC]) if a != b]},
         "conversion": conversion,
         "runs": runs,
+        "note": args.note,
         "cpus": affinity,
         "load_average_at_end": list(os.getloadavg()),
         "threads": os.environ.get("SEMID_NUM_THREADS"),

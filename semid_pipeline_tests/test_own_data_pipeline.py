@@ -239,6 +239,34 @@ def test_unknown_items_are_dropped_and_counted_by_default(shop_run):
     assert found["dropped"]["unknown_item_interactions"] == "1" and found["dropped"]["input_warnings"] == "1"
 
 
+def test_the_check_command_lists_checks_and_refuses_without_running_anything(tmp_path):
+    shop = tmp_path / "shop"
+    write_shop(shop)
+    (shop / "datasets.yaml").write_text(SHOP_FILE)
+    env = _env(SEMID_DATASETS_FILE=str(shop / "datasets.yaml"))
+
+    def check(*args):
+        return subprocess.run([sys.executable, "-m", "semid_pipeline.datasets", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=300)
+
+    listed = check()
+    assert listed.returncode == 0 and re.search(r"^my-shop +generic +.*datasets.yaml:2 +a generated shop$", listed.stdout, re.M)
+    ok = check("my-shop")
+    assert ok.returncode == 0, ok.stderr
+    assert f"items: {240 + N_NEW + N_UNSOLD} ({N_UNSOLD} without interactions: cold items, they get SIDs)" in ok.stdout
+    assert "by 300 users" in ok.stdout
+    events = pd.read_csv(shop / "events.csv", dtype=str)
+    events.loc[9, "event_time"] = "soon"
+    events.to_csv(shop / "events.csv", index=False)
+    bad = check("my-shop")
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.strip() == (f"error: {shop / 'events.csv'}: interactions: row 10, column 'event_time' (timestamp): unparseable time "
+                                  "'soon' (expected ISO 8601, e.g. '2024-03-01T12:30:00Z' or epoch seconds); 1 rows do not parse")
+    assert not (tmp_path / "data").exists() and sorted(p.name for p in shop.iterdir()) == ["datasets.yaml", "events.csv", "items.parquet"]
+    typo = check("my-shp")
+    assert typo.returncode == 2 and "unknown dataset 'my-shp' (did you mean 'my-shop'?)" in typo.stderr
+
+
 def docs_example() -> str:
     """The shell block of docs/own-data.md's "From two files to an evaluation table"."""
     text = (REPO / "docs" / "own-data.md").read_text()

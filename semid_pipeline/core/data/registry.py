@@ -408,7 +408,8 @@ DATASETS: Dict[str, DatasetSpec] = load_datasets(datasets_files())
 """Every declared dataset: the built-in file plus ``SEMID_DATASETS_FILE``, read once when the package loads."""
 
 
-def _unknown_dataset(name: str) -> str:
+def unknown_dataset_problem(name: str) -> str:
+    """``unknown dataset 'x' (did you mean 'y'?); known: [...]``."""
     close = difflib.get_close_matches(str(name), sorted(DATASETS), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return f"unknown dataset {name!r}{hint}; known: {sorted(DATASETS)}"
@@ -421,7 +422,7 @@ def check_options(name: str, options: Dict[str, Any], source: str = OPTIONS_SOUR
     ``{"demo": {"n_item": 80}}`` -> ``SEMID_DATASET_OPTIONS['demo']: unknown key 'n_item' (did you mean 'n_items'?)``.
     """
     if name not in DATASETS:
-        raise KeyError(_unknown_dataset(name))
+        raise KeyError(unknown_dataset_problem(name))
     where = f"{source}[{name!r}]"
     if not isinstance(options, dict):
         raise InputError(where, None, f"must be a JSON object of loader options, got {type(options).__name__} {options!r}")
@@ -446,7 +447,7 @@ def parse_options(text: str | None, source: str = OPTIONS_SOURCE) -> Dict[str, D
         raise InputError(source, None, f"must be a JSON object mapping dataset names to options, got {type(data).__name__}")
     for name, options in data.items():
         if name not in DATASETS:
-            raise InputError(source, None, _unknown_dataset(name))
+            raise InputError(source, None, unknown_dataset_problem(name))
         check_options(name, options, source)
     return data
 

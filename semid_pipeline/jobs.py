@@ -112,8 +112,7 @@ def retokenize_run_config(mode: str) -> dict:
 )
 def retokenize_schedule(context: ScheduleEvaluationContext):
     """One re-tokenization run per configured dataset (``SEMID_RETOKENIZE_DATASETS``: declared names, or
-    ``all``) on the cron
-    ``SEMID_RETOKENIZE_CRON`` (default weekly, Sunday 03:00 UTC), in ``SEMID_RETOKENIZE_MODE``
+    ``all``) on the cron ``SEMID_RETOKENIZE_CRON`` (default weekly, Sunday 03:00 UTC), in ``SEMID_RETOKENIZE_MODE``
     (``full``: retrain the tokenizer; ``frozen``: new items only)."""
     tick = context.scheduled_execution_time.strftime("%Y%m%dT%H%M")
     for dataset in RETOKENIZE_DATASETS:

@@ -1,5 +1,6 @@
 """Jobs and schedules: the whole graph, and re-tokenization (embeddings -> ... -> evaluation)."""
 
+import difflib
 import os
 from pathlib import Path
 
@@ -68,7 +69,24 @@ retokenize_frozen_job = define_asset_job(
 )
 
 RETOKENIZE_CRON = os.environ.get("SEMID_RETOKENIZE_CRON", "0 3 * * 0")
-RETOKENIZE_DATASETS = [d.strip() for d in os.environ.get("SEMID_RETOKENIZE_DATASETS", "demo").split(",") if d.strip()]
+
+
+def retokenize_datasets(value: str) -> list:
+    """The partitions ``SEMID_RETOKENIZE_DATASETS`` names (comma-separated; ``all``: every declared dataset);
+    a name no datasets file declares is refused with its close match."""
+    declared = dataset_partitions.get_partition_keys()
+    names = [d.strip() for d in value.split(",") if d.strip()]
+    if names == ["all"]:
+        return list(declared)
+    for name in names:
+        if name not in declared:
+            close = difflib.get_close_matches(name, declared, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"SEMID_RETOKENIZE_DATASETS: unknown dataset {name!r}{hint}; declared: {', '.join(declared)} (or 'all')")
+    return names
+
+
+RETOKENIZE_DATASETS = retokenize_datasets(os.environ.get("SEMID_RETOKENIZE_DATASETS", "demo"))
 RETOKENIZE_MODE = os.environ.get("SEMID_RETOKENIZE_MODE", "full")
 if RETOKENIZE_MODE not in ("full", "frozen"):
     raise ValueError(f"SEMID_RETOKENIZE_MODE must be 'full' or 'frozen', got {RETOKENIZE_MODE!r}")
@@ -93,12 +111,9 @@ def retokenize_run_config(mode: str) -> dict:
     execution_timezone="UTC",
 )
 def retokenize_schedule(context: ScheduleEvaluationContext):
-    """One re-tokenization run per configured dataset (``SEMID_RETOKENIZE_DATASETS``) on the cron
-    ``SEMID_RETOKENIZE_CRON`` (default weekly, Sunday 03:00 UTC), in ``SEMID_RETOKENIZE_MODE``
+    """One re-tokenization run per configured dataset (``SEMID_RETOKENIZE_DATASETS``: declared names, or
+    ``all``) on the cron ``SEMID_RETOKENIZE_CRON`` (default weekly, Sunday 03:00 UTC), in ``SEMID_RETOKENIZE_MODE``
     (``full``: retrain the tokenizer; ``frozen``: new items only)."""
     tick = context.scheduled_execution_time.strftime("%Y%m%dT%H%M")
     for dataset in RETOKENIZE_DATASETS:
-        if dataset in dataset_partitions.get_partition_keys():
-            yield RunRequest(
-                run_key=f"retokenize-{dataset}-{tick}", partition_key=dataset, run_config=retokenize_run_config(RETOKENIZE_MODE)
-            )
+        yield RunRequest(run_key=f"retokenize-{dataset}-{tick}", partition_key=dataset, run_config=retokenize_run_config(RETOKENIZE_MODE))

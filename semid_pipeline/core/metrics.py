@@ -5,6 +5,12 @@ than ``k``); ``target`` is ``[U]``. Recall@k is 1 when the target is among the f
 (= hit rate with a single target); NDCG@k is ``1 / log2(rank + 2)`` for a 0-based ``rank < k``
 (the ideal DCG with one relevant item is 1). Worked example: ranked ``[[7, 3, 9]]``, target
 ``[3]``: Recall@1 = 0, Recall@2 = 1, NDCG@2 = 1/log2(3) = 0.6309.
+
+Cold and warm targets (:func:`score_cold_warm`): a test target is *cold* when no user's training
+items (``train_items``, what every model trains on) contain it: a new item, or one only ever bought
+last. Semantic-ID models rank such items from their content; ID models (SASRec's item embedding,
+popularity counts) have learnt nothing about them, so their cold rows read ``n/a`` with the reason
+(:data:`COLD_NOT_RANKABLE`) instead of a zero that looks measured.
 """
 
 from __future__ import annotations
@@ -50,8 +56,55 @@ def evaluate_topk(ranked: np.ndarray, target: np.ndarray, ks: Iterable[int] = (5
     return out
 
 
+COLD_NOT_RANKABLE: Dict[str, str] = {
+    "sasrec": "n/a: ID model cannot rank unseen items",
+    "most_popular": "n/a: popularity counts cannot rank unseen items",
+}
+"""Models whose score of an item comes from its training interactions alone, and the note their cold rows carry."""
+
+METRIC_COLUMNS = ["model", "split", "metric", "k", "value", "n_users", "note"]
+
+
+def trained_items(user_sequences: pd.DataFrame) -> np.ndarray:
+    """Sorted unique item indices of every user's ``train_items``: the items the models were trained on."""
+    trains = [np.asarray(t, dtype=np.int64) for t in user_sequences["train_items"]]
+    return np.unique(np.concatenate(trains)) if trains else np.zeros(0, np.int64)
+
+
+def cold_targets(user_sequences: pd.DataFrame, split: str = "test") -> np.ndarray:
+    """bool ``[U]``: the user's ``split`` target never appears in anyone's training items."""
+    _, target = split_inputs(user_sequences, split)
+    return ~np.isin(target, trained_items(user_sequences))
+
+
+def score_cold_warm(recs: pd.DataFrame, user_sequences: pd.DataFrame, ks: List[int], split: str = "test") -> pd.DataFrame:
+    """Rows ``<split>_warm`` and ``<split>_cold`` of the metric table (:data:`METRIC_COLUMNS`): each model's
+    Recall/NDCG@k over the users whose target was (warm) or was never (cold) trained on.
+
+    ``n_users`` counts the users of each group. A model in :data:`COLD_NOT_RANKABLE` gets ``NaN`` and that
+    note on its cold rows; an empty group gets ``NaN`` and ``"no <group> targets"``.
+    """
+    user_idx = user_sequences["user_idx"].to_numpy(np.int64)
+    _, target = split_inputs(user_sequences, split)
+    cold = cold_targets(user_sequences, split)
+    rows = []
+    for model, group in recs[recs["split"] == split].groupby("model", sort=True):
+        ranked = ranked_matrix(group, user_idx, max(ks))
+        for name, mask in (("warm", ~cold), ("cold", cold)):
+            note = COLD_NOT_RANKABLE.get(str(model), "") if name == "cold" else ""
+            if not mask.any():
+                note = f"no {name} targets"
+            scores = evaluate_topk(ranked[mask], target[mask], ks) if mask.any() and not note else {}
+            for k in ks:
+                for metric in ("recall", "ndcg"):
+                    value = scores.get(f"{metric}@{k}", float("nan"))
+                    rows.append({"model": model, "split": f"{split}_{name}", "metric": metric, "k": int(k), "value": value,
+                                 "n_users": int(mask.sum()), "note": note})
+    return pd.DataFrame(rows, columns=METRIC_COLUMNS)
+
+
 def score_lists(recs: pd.DataFrame, user_sequences: pd.DataFrame, ks: List[int]) -> pd.DataFrame:
-    """Long metric table (model, split, metric, k, value, n_users) from exported top-K lists
+    """Long metric table (:data:`METRIC_COLUMNS`, ``note`` empty) from exported top-K lists
     (the recommendations schema), each split scored against its targets (``frames.split_inputs``)."""
     user_idx = user_sequences["user_idx"].to_numpy(np.int64)
     rows = []
@@ -60,5 +113,6 @@ def score_lists(recs: pd.DataFrame, user_sequences: pd.DataFrame, ks: List[int])
         ranked = ranked_matrix(group, user_idx, max(ks))
         for name, value in evaluate_topk(ranked, target, ks).items():
             metric, k = name.split("@")
-            rows.append({"model": model, "split": split, "metric": metric, "k": int(k), "value": value, "n_users": len(user_idx)})
-    return pd.DataFrame(rows, columns=["model", "split", "metric", "k", "value", "n_users"])
+            rows.append({"model": model, "split": split, "metric": metric, "k": int(k), "value": value, "n_users": len(user_idx),
+                         "note": ""})
+    return pd.DataFrame(rows, columns=METRIC_COLUMNS)

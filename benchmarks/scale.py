@@ -34,6 +34,9 @@ from typing import Any, Dict, List
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from run_pipeline import step_spans  # noqa: E402
 
 SELECT = (
     "raw_items,raw_interactions,user_sequences,items,interactions,item_tags,tag_pool,item_captions,item_image_embeddings,"
@@ -100,19 +103,6 @@ class PeakSampler(threading.Thread):
     def peak_mb(self, start: float, end: float) -> float:
         inside = [kb for t, kb in self.samples if start <= t <= end + self.every_s]
         return round(max(inside, default=0) / 1024, 1)
-
-
-def step_spans(instance, run_id: str) -> Dict[str, tuple]:
-    starts, spans = {}, {}
-    for entry in instance.all_logs(run_id):
-        ev = entry.dagster_event
-        if ev is None or not ev.step_key:
-            continue
-        if ev.event_type_value == "STEP_START":
-            starts[ev.step_key] = entry.timestamp
-        elif ev.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE") and ev.step_key in starts:
-            spans[ev.step_key] = (starts[ev.step_key], entry.timestamp, ev.event_type_value == "STEP_SUCCESS")
-    return spans
 
 
 def run_one(n_items: int, data_root: Path, out: Path, select: str) -> Dict[str, Any]:

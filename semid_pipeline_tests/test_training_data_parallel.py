@@ -18,20 +18,13 @@ from torch import nn
 from semid_pipeline.core.baselines.sasrec import SASRecParams, train_sasrec
 from semid_pipeline.core.recommender.parallel import ParallelParams
 from semid_pipeline.core.recommender.parallel_train import train_parallel
-from semid_pipeline.core.training import TORCHRUN_VARS, OptimParams, data_parallel_rank, fit, launch, shard_batches, start_run
+from semid_pipeline.core.training import OptimParams, data_parallel_rank, fit, launch, shard_batches, start_run
+
+from semid_pipeline_tests.test_recommender_distributed import clean_env  # noqa: F401,E402  (autouse: no torchrun variables)
 
 pytestmark = pytest.mark.timeout(240)  # a hung collective fails the test instead of the suite
 
 N_ITEMS = 24
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    for var in TORCHRUN_VARS:
-        monkeypatch.delenv(var, raising=False)
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 def histories(n_users: int = 16, seed: int = 0):

@@ -46,7 +46,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
-from semid_pipeline.core.data.demo import _EPOCH, _RATING_P, _STYLES, _TREE, MAX_BRANDS, N_LEAVES, _catalog, _Catalog, _ids, _Tree, _tree
+from semid_pipeline.core.data.demo import EPOCH, RATING_P, STYLES, TREE, MAX_BRANDS, N_LEAVES, draw_catalog, Catalog, random_ids, Tree, category_tree
 from semid_pipeline.core.params import StrictParams
 
 _DAY = 86400
@@ -109,7 +109,7 @@ def _strip(values: np.ndarray) -> np.ndarray:
     return np.char.strip(values.astype(str)).astype(object)
 
 
-def item_texts(cat: _Catalog, tree: _Tree, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def item_texts(cat: Catalog, tree: Tree, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Titles and descriptions from the demo's templates, vectorised per style."""
     n = len(cat.leaf)
     u = rng.random((n, 6))
@@ -118,7 +118,7 @@ def item_texts(cat: _Catalog, tree: _Tree, rng: np.random.Generator) -> tuple[np
     brand = np.where(cat.brand >= 0, cat.brand_names[np.maximum(cat.brand, 0)], "").astype(object)
     style_of_leaf = np.array(tree.styles, dtype=object)
     nouns = np.array(tree.nouns, dtype=object)
-    for style_name, style in _STYLES.items():
+    for style_name, style in STYLES.items():
         rows = np.flatnonzero(style_of_leaf[cat.leaf] == style_name)
         if rows.size == 0:
             continue
@@ -187,8 +187,8 @@ def generate_scale(params: ScaleParams) -> ScaleData:
     """The scale shop for ``params``: vectorised, deterministic for ``params.seed``."""
     p = params
     rng = np.random.default_rng(p.seed)
-    tree = _tree()
-    cat = _catalog(p, tree, rng)  # type: ignore[arg-type]  # reads n_items, n_brands, p_no_brand, the skews
+    tree = category_tree()
+    cat = draw_catalog(p, tree, rng)  # type: ignore[arg-type]  # reads n_items, n_brands, p_no_brand, the skews
     n = p.n_items
 
     # popularity: the leaf's share times the item's share inside its leaf
@@ -217,7 +217,7 @@ def generate_scale(params: ScaleParams) -> ScaleData:
     n_sessions = len(session_start)
 
     # users: sessions grouped by level-1 category (with drift), the stream cut into users
-    n_l1 = len(_TREE)
+    n_l1 = len(TREE)
     group = tree.l1[leaf[session_start]]
     drift = rng.random(n_sessions) < p.p_drift
     group = np.where(drift, rng.integers(0, n_l1, n_sessions), group)
@@ -240,10 +240,10 @@ def generate_scale(params: ScaleParams) -> ScaleData:
     by_time = np.lexsort((t, user))
     user, item, t = user[by_time], item[by_time], t[by_time]
 
-    seconds = (_EPOCH + t * _DAY).astype(np.int64)
-    user_ids = _ids("A", len(lengths), 12, rng)
+    seconds = (EPOCH + t * _DAY).astype(np.int64)
+    user_ids = random_ids("A", len(lengths), 12, rng)
     titles, descriptions = item_texts(cat, tree, rng)
-    rating = (rng.choice(5, len(item), p=_RATING_P) + 1).astype(np.float64)
+    rating = (rng.choice(5, len(item), p=RATING_P) + 1).astype(np.float64)
     stats = {
         "n_items": n,
         "n_users": int(len(lengths)),

@@ -7,7 +7,7 @@ For each size: the synthetic scale shop (``core/data/scale.py``, seed 0) is gene
 ``scale-<N>`` in the generic format), then the graph runs in a fresh child process (so each size's
 memory is its own) with ``SEMID_DATASETS_FILE`` naming that file and the run config
 :func:`recipe` gives for the size. The child records, per step: wall seconds (Dagster's step
-events), peak RSS (a sampler thread reads the kernel's high-water mark ``VmHWM`` every 0.1 s and
+events), CPU seconds of the process (less sensitive to a shared machine's load), peak RSS (a sampler thread reads the kernel's high-water mark ``VmHWM`` every 0.1 s and
 resets it, so each sample is the true peak of its interval), and rows/s (items for catalog steps,
 interactions for the rest); plus the evaluation's test Recall@10 / NDCG@10 per model, overall and
 on cold targets where the evaluation reports them, and the epochs each trainer reached.
@@ -80,7 +80,7 @@ class PeakSampler(threading.Thread):
     def __init__(self, every_s: float = 0.1):
         super().__init__(daemon=True)
         self.every_s = every_s
-        self.samples: List[tuple] = []  # (monotonic-free wall time, peak kB since the previous sample)
+        self.samples: List[tuple] = []  # (wall time, peak kB since the previous sample, process CPU seconds so far)
         self._stop = threading.Event()
 
     @staticmethod
@@ -89,7 +89,8 @@ class PeakSampler(threading.Thread):
 
     def run(self) -> None:
         while not self._stop.is_set():
-            self.samples.append((time.time(), self._hwm_kb()))
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            self.samples.append((time.time(), self._hwm_kb(), usage.ru_utime + usage.ru_stime))
             try:
                 Path("/proc/self/clear_refs").write_text("5")
             except OSError:
@@ -101,8 +102,16 @@ class PeakSampler(threading.Thread):
         self.join()
 
     def peak_mb(self, start: float, end: float) -> float:
-        inside = [kb for t, kb in self.samples if start <= t <= end + self.every_s]
+        inside = [kb for t, kb, _ in self.samples if start <= t <= end + self.every_s]
         return round(max(inside, default=0) / 1024, 1)
+
+    def cpu_seconds(self, start: float, end: float) -> float:
+        """CPU seconds of the process between the samples nearest ``start`` and ``end`` (all threads);
+        less sensitive than wall time to other load on a shared machine."""
+        def at(when: float) -> float:
+            return min(self.samples, key=lambda s: abs(s[0] - when))[2] if self.samples else 0.0
+
+        return round(at(end) - at(start), 2)
 
 
 def run_one(n_items: int, data_root: Path, out: Path, select: str) -> Dict[str, Any]:
@@ -138,7 +147,7 @@ def profile_run(name: str, config: Dict[str, Any], run_dir: Path, select: str, s
     for key, (start, end, ok) in sorted(step_spans(instance, result.run_id).items(), key=lambda kv: kv[1][0]):
         seconds = end - start
         rows = summary["n_items"] if key.startswith(ITEM_STEPS) else summary["n_interactions"]
-        steps[key] = {"seconds": round(seconds, 2), "peak_rss_mb": sampler.peak_mb(start, end), "ok": ok,
+        steps[key] = {"seconds": round(seconds, 2), "cpu_seconds": sampler.cpu_seconds(start, end), "peak_rss_mb": sampler.peak_mb(start, end), "ok": ok,
                       "rows": rows, "rows_per_s": round(rows / max(seconds, 1e-3), 1)}
     metrics: Dict[str, Any] = {}
     try:

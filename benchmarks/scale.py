@@ -81,24 +81,24 @@ class PeakSampler(threading.Thread):
         super().__init__(daemon=True)
         self.every_s = every_s
         self.samples: List[tuple] = []  # (wall time, peak kB since the previous sample, process CPU seconds so far)
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     @staticmethod
     def _hwm_kb() -> int:
         return int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             usage = resource.getrusage(resource.RUSAGE_SELF)
             self.samples.append((time.time(), self._hwm_kb(), usage.ru_utime + usage.ru_stime))
             try:
                 Path("/proc/self/clear_refs").write_text("5")
             except OSError:
                 pass
-            self._stop.wait(self.every_s)
+            self._halt.wait(self.every_s)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join()
 
     def peak_mb(self, start: float, end: float) -> float:
@@ -131,6 +131,9 @@ def profile_run(name: str, config: Dict[str, Any], run_dir: Path, select: str, s
     from semid_pipeline.core import storage
     from semid_pipeline.definitions import all_assets, build_resources
 
+    if select != SELECT:  # a partial run: config only for the selected steps (Dagster refuses the others)
+        chosen = set(select.split(","))
+        config = {**config, "ops": {k: v for k, v in config.get("ops", {}).items() if k in chosen}}
     sampler = PeakSampler()
     sampler.start()
     instance = DagsterInstance.ephemeral()

@@ -169,7 +169,7 @@ def profile_run(name: str, config: Dict[str, Any], run_dir: Path, select: str, s
                              and isinstance(getattr(v, "value", None), (int, float))}
     return {
         "partition": name, "dataset": summary, "success": result.success, "wall_seconds": round(wall, 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": sampler.peak_mb(0.0, float("inf")),  # ru_maxrss is reset with VmHWM by the sampler: not usable here
         "steps": steps, "slowest_step": max(steps, key=lambda k: steps[k]["seconds"]) if steps else None,
         "metrics": metrics, "training": training, "config": config, "load_at_end": os.getloadavg(),
         "threads": os.environ.get("SEMID_NUM_THREADS"), "affinity": sorted(os.sched_getaffinity(0)),

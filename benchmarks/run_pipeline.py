@@ -59,8 +59,8 @@ def git_commit() -> str:
         return "unknown"
 
 
-def step_times(instance, run_id: str) -> dict:
-    """Seconds per step, from the run's STEP_START / STEP_SUCCESS|FAILURE event timestamps."""
+def step_spans(instance, run_id: str) -> dict:
+    """``step -> (start, end, succeeded)`` from the run's STEP_START / STEP_SUCCESS|FAILURE event timestamps."""
     starts, out = {}, {}
     for entry in instance.all_logs(run_id):
         ev = entry.dagster_event
@@ -69,8 +69,13 @@ def step_times(instance, run_id: str) -> dict:
         if ev.event_type_value == "STEP_START":
             starts[ev.step_key] = entry.timestamp
         elif ev.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE") and ev.step_key in starts:
-            out[ev.step_key] = round(entry.timestamp - starts[ev.step_key], 2)
+            out[ev.step_key] = (starts[ev.step_key], entry.timestamp, ev.event_type_value == "STEP_SUCCESS")
     return out
+
+
+def step_times(instance, run_id: str) -> dict:
+    """Seconds per step."""
+    return {step: round(end - start, 2) for step, (start, end, _) in step_spans(instance, run_id).items()}
 
 
 def published_rows(dataset: str) -> list[str]:

@@ -12,17 +12,15 @@ import torch
 import torch.multiprocessing as torch_mp
 
 from semid_pipeline.core.artifacts import load_artifact, save_artifact
-from semid_pipeline.core.recommender import distributed
-from semid_pipeline.core.recommender.distributed import plan, rank_steps
 from semid_pipeline.core.recommender.model import RecommenderParams
 from semid_pipeline.core.recommender.train import TrainParams, recommend, train_recommender
 from semid_pipeline.core.recommender.trie import SIDTrie
+from semid_pipeline.core.training import TORCHRUN_VARS, plan_data_parallel as plan, needs_launch
 from semid_pipeline_tests.test_recommender_trie import random_sids
 
 pytestmark = pytest.mark.timeout(180)  # a hung collective fails the test instead of the suite
 
 N_ITEMS, SIZES = 40, (4, 4, 4)
-TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 def tiny_data(n_users: int = 16, seed: int = 0):
@@ -60,19 +58,6 @@ def assert_valid_recommendations(model, sids, train, users):
     assert items.shape == (len(users), 10)
     assert ((items >= 0) & (items < len(sids))).all()
     assert (np.diff(np.sort(items, axis=1), axis=1) != 0).all()
-
-
-def test_rank_steps_split_the_global_batch_order_with_token_weights():
-    batches = [np.array([0, 1]), np.array([2]), np.array([3, 4, 5]), np.array([6])]
-    tokens = np.array([3, 3, 2, 1, 1, 1, 4, 0])
-    targets = np.ones(8, dtype=np.int64)
-    r0, r1, r2 = (rank_steps(batches, r, 3, tokens, targets) for r in range(3))
-    assert [s.rows.tolist() for s in r0] == [[0, 1], [6]] and [s.rows.tolist() for s in r1] == [[2], [6]]
-    assert [s.rows.tolist() for s in r2] == [[3, 4, 5], [6]]  # idle in the last step: a filler batch ...
-    assert r2[1].weight == 0.0 and r1[1].weight == 0.0 and r0[1].weight == 3.0  # ... with weight 0
-    # weights N * T_r / T: the rank-averaged gradient is the gradient of the mean over all tokens
-    assert [r0[0].weight, r1[0].weight, r2[0].weight] == pytest.approx([3 * 6 / 11, 3 * 2 / 11, 3 * 3 / 11])
-    assert r0[0].n_targets == r2[0].n_targets == 6 and r1[1].n_targets == 1
 
 
 def test_two_ranks_match_one_process_on_the_union_batch():
@@ -150,8 +135,8 @@ def test_bad_distributed_config_is_rejected_before_any_process_starts(monkeypatc
     with pytest.raises(ValueError, match=r"needs 2 visible GPU\(s\).*torch sees 1"):
         train_recommender(sids, train, valid, train, users, mp, tp.model_copy(update={"device": "cuda"}))
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    two_gpus = plan(tp.model_copy(update={"device": "auto", "dist_backend": "gloo"}))
-    assert (two_gpus.device_type, two_gpus.backend, str(two_gpus.device(1))) == ("cuda", "gloo", "cuda:1")
+    two_gpus = plan(tp.model_copy(update={"device": "auto", "dist_backend": "gloo"}), rank=1)
+    assert (two_gpus.device_type, two_gpus.backend, str(two_gpus.device())) == ("cuda", "gloo", "cuda:1")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     # torchrun environment that disagrees with the config, or a local rank without its GPU
     monkeypatch.setenv("RANK", "1")
@@ -163,7 +148,7 @@ def test_bad_distributed_config_is_rejected_before_any_process_starts(monkeypatc
         plan(tp.model_copy(update={"world_size": 1, "device": "cuda"}))
     monkeypatch.setenv("WORLD_SIZE", "four")
     with pytest.raises(ValueError, match="not an integer"):
-        distributed.is_requested(tp.model_copy(update={"world_size": 1}))
+        needs_launch(tp.model_copy(update={"world_size": 1}))
     with pytest.raises(ValueError, match="world_size"):
         TrainParams(world_size=0)
 

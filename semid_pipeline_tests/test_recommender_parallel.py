@@ -327,3 +327,15 @@ def test_generative_recommender_distils_from_the_runs_sasrec_model(tmp_path):
                          run_config=config, instance=DagsterInstance.ephemeral())
     meta = result.asset_materializations_for_node("generative_recommender")[0].metadata
     assert meta["model_name"].value == "rpg_kd" and meta["distill_weight"].value == 0.5
+
+
+def test_exact_scoring_in_catalogue_chunks_equals_one_pass(trained, monkeypatch):
+    """Past the score budget the catalogue is scored in chunks with a running top-K: same lists."""
+    from semid_pipeline.core.recommender import parallel_decode
+
+    sids, train, _, _, res = trained
+    whole_items, whole_scores = recommend_exact(res.model, sids, train[:40], 10, 16)
+    monkeypatch.setattr(parallel_decode, "SCORE_BUDGET", 16 * 7)  # chunks of 7 items (at least 4 x top-k = 40)
+    chunked_items, chunked_scores = recommend_exact(res.model, sids, train[:40], 10, 16)
+    np.testing.assert_allclose(chunked_scores, whole_scores, rtol=1e-6)
+    assert (chunked_items == whole_items).mean() > 0.98  # only exact ties may swap

@@ -53,7 +53,7 @@ from semid_pipeline.core.blocks import GatedBlock, PreLNBlock
 from semid_pipeline.core.metrics import ndcg_at_k, recall_at_k
 from semid_pipeline.core.progress import ProgressFn, Throttle
 from semid_pipeline.core.recommender.data import LengthBucketSampler, ragged_arange, sorted_batches
-from semid_pipeline.core.training import OptimParams, fit, start_run
+from semid_pipeline.core.training import OptimParams, fit, launch, needs_launch, start_run
 
 EVAL_K = 10
 PAD = 0  # item-embedding row of padding; item i is row i + 1
@@ -393,6 +393,8 @@ def train_sasrec(
     valid_targets = np.asarray(valid_targets, dtype=np.int64)
     if len(valid_targets) != len(train_histories):
         raise ValueError(f"need one validation target per user: {len(valid_targets)} targets, {len(train_histories)} histories")
+    if needs_launch(p):  # data-parallel ranks (core.training's module docstring)
+        return launch(train_sasrec, p, list(train_histories), valid_targets, n_items, p, progress=progress)
     device = start_run(p)
     seqs = _Sequences(train_histories, n_items)
     trainable = np.flatnonzero(seqs.lengths >= 2)

@@ -42,7 +42,7 @@ from semid_pipeline.core.params import StrictParams
 
 # level-1 -> [(level-2, style, [(leaf, product noun used in titles), ...]), ...]. Within a level-2
 # group the leaves are listed in "complementary" order: the next leaf is what a shopper buys next.
-_TREE: tuple[tuple[str, tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...]], ...] = (
+TREE: tuple[tuple[str, tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...]], ...] = (
     ("Skin Care", (
         ("Cleansers", "skin", (("Makeup Removers", "Makeup Remover"), ("Face Wash", "Face Wash"),
                                ("Exfoliators & Scrubs", "Exfoliating Scrub"))),
@@ -114,7 +114,7 @@ class _Style(NamedTuple):
     descriptions: tuple[str, ...]  # format fields: adj, attr, noun, aud (lower case), by
 
 
-_STYLES: dict[str, _Style] = {
+STYLES: dict[str, _Style] = {
     "skin": _Style(
         ("Hydrating", "Brightening", "Soothing", "Gentle", "Oil-Free", "Firming", "Clarifying", "Nourishing"),
         ("Vitamin C", "Hyaluronic Acid", "Retinol", "Aloe Vera", "Green Tea", "Niacinamide", "Rose", "Charcoal",
@@ -213,12 +213,12 @@ _BRAND_ENDINGS = ("ina", "ette", "elle", "ora", "ique", "ara", "is", "ia", "essa
                   "ium", "ette Paris", "a Botanics", "e Labs", "o Naturals", "ara Beauty")
 MAX_BRANDS = len(_BRAND_ONSETS) * len(_BRAND_ENDINGS)
 
-N_LEAVES = sum(len(l2[2]) for _, l2s in _TREE for l2 in l2s)
-_EPOCH = 1262304000  # 2010-01-01T00:00:00Z
+N_LEAVES = sum(len(l2[2]) for _, l2s in TREE for l2 in l2s)
+EPOCH = 1262304000  # 2010-01-01T00:00:00Z
 _DAY = 86400
 _HISTORY_DAYS = 6 * 365
 _MEAN_GAP_DAYS = 30.0
-_RATING_P = (0.06, 0.05, 0.09, 0.20, 0.60)  # 1..5 stars, the Amazon review skew
+RATING_P = (0.06, 0.05, 0.09, 0.20, 0.60)  # 1..5 stars, the Amazon review skew
 _DRAW_ATTEMPTS = 20  # redraws of the interest process before a repeated item is replaced at random
 
 
@@ -284,7 +284,7 @@ class DemoParams(StrictParams):
 # catalog
 
 
-class _Tree(NamedTuple):
+class Tree(NamedTuple):
     paths: list[list[str]]  # per leaf, [level-1, level-2, leaf]
     nouns: list[str]
     styles: list[str]
@@ -294,9 +294,9 @@ class _Tree(NamedTuple):
     n_siblings: np.ndarray
 
 
-def _tree() -> _Tree:
+def category_tree() -> Tree:
     paths, nouns, styles, l1, complement, first, count = [], [], [], [], [], [], []
-    for i1, (name1, groups) in enumerate(_TREE):
+    for i1, (name1, groups) in enumerate(TREE):
         for name2, style, leaves in groups:
             start = len(paths)
             for j, (leaf, noun) in enumerate(leaves):
@@ -307,7 +307,7 @@ def _tree() -> _Tree:
                 complement.append(start + (j + 1) % len(leaves))
                 first.append(start)
                 count.append(len(leaves))
-    return _Tree(paths, nouns, styles, *(np.asarray(a, dtype=np.int64) for a in (l1, complement, first, count)))
+    return Tree(paths, nouns, styles, *(np.asarray(a, dtype=np.int64) for a in (l1, complement, first, count)))
 
 
 def _zipf(n: int, skew: float, rng: np.random.Generator) -> np.ndarray:
@@ -315,7 +315,7 @@ def _zipf(n: int, skew: float, rng: np.random.Generator) -> np.ndarray:
     return (rng.permutation(n) + 1.0) ** -skew
 
 
-def _ids(prefix: str, n: int, width: int, rng: np.random.Generator) -> np.ndarray:
+def random_ids(prefix: str, n: int, width: int, rng: np.random.Generator) -> np.ndarray:
     """``n`` distinct ids: ``prefix`` + ``width`` random base-36 digits (Amazon-like ASINs / reviewer ids)."""
     alphabet = np.array(list("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"))
     values = rng.choice(36**width, size=n, replace=False)
@@ -324,7 +324,7 @@ def _ids(prefix: str, n: int, width: int, rng: np.random.Generator) -> np.ndarra
     return np.char.add(prefix, body).astype(object)
 
 
-class _Catalog(NamedTuple):
+class Catalog(NamedTuple):
     item_ids: np.ndarray
     leaf: np.ndarray  # per item
     brand: np.ndarray  # per item, -1 = no brand
@@ -333,8 +333,8 @@ class _Catalog(NamedTuple):
     leaf_weight: np.ndarray  # per leaf popularity
 
 
-def _catalog(p: DemoParams, tree: _Tree, rng: np.random.Generator) -> _Catalog:
-    n_l1 = len(_TREE)
+def draw_catalog(p: DemoParams, tree: Tree, rng: np.random.Generator) -> Catalog:
+    n_l1 = len(TREE)
     leaf_weight = _zipf(N_LEAVES, p.category_skew, rng)
     # Every leaf gets one item, the rest are spread in proportion to leaf popularity.
     rest = rng.choice(N_LEAVES, p.n_items - N_LEAVES, p=leaf_weight / leaf_weight.sum())
@@ -365,20 +365,20 @@ def _catalog(p: DemoParams, tree: _Tree, rng: np.random.Generator) -> _Catalog:
     for lf in range(N_LEAVES):  # Zipf over a random ranking inside each leaf
         members = np.flatnonzero(leaf == lf)
         weight[members] = _zipf(len(members), p.item_skew, rng)
-    item_ids = _ids("B0", p.n_items, 8, rng)
-    return _Catalog(item_ids, leaf, brand, weight, brand_names, leaf_weight)
+    item_ids = random_ids("B0", p.n_items, 8, rng)
+    return Catalog(item_ids, leaf, brand, weight, brand_names, leaf_weight)
 
 
 def _pick(vocab: tuple[str, ...], u: float) -> str:
     return vocab[int(u * len(vocab))]
 
 
-def _item_texts(cat: _Catalog, tree: _Tree, rng: np.random.Generator) -> tuple[list[str], list[str]]:
+def _item_texts(cat: Catalog, tree: Tree, rng: np.random.Generator) -> tuple[list[str], list[str]]:
     """Titles and descriptions, one per item."""
     u = rng.random((len(cat.leaf), 6))
     titles, descriptions = [], []
     for i, lf in enumerate(cat.leaf):
-        style = _STYLES[tree.styles[lf]]
+        style = STYLES[tree.styles[lf]]
         brand = cat.brand_names[cat.brand[i]] if cat.brand[i] >= 0 else ""
         adj, attr = _pick(style.adjectives, u[i, 0]), _pick(style.attributes, u[i, 1])
         aud, size = _pick(style.audiences, u[i, 2]), _pick(style.sizes, u[i, 3])
@@ -418,9 +418,9 @@ class _Segments:
         return self.order[np.minimum(pos, len(self.order) - 1)]
 
 
-def _simulate(p: DemoParams, tree: _Tree, cat: _Catalog, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _simulate(p: DemoParams, tree: Tree, cat: Catalog, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Per-user item sequences as a ``(n_users, max_seq_len)`` array padded with -1, and the lengths."""
-    n_l1 = len(_TREE)
+    n_l1 = len(TREE)
     by_leaf = _Segments(cat.leaf, cat.weight, N_LEAVES)
     brand_l1 = np.where(cat.brand >= 0, cat.brand * n_l1 + tree.l1[cat.leaf], -1)
     by_brand = _Segments(brand_l1, cat.weight, p.n_brands * n_l1)
@@ -471,7 +471,7 @@ def _simulate(p: DemoParams, tree: _Tree, cat: _Catalog, rng: np.random.Generato
 
 
 def _ensure_min_count(
-    user: np.ndarray, item: np.ndarray, cat: _Catalog, p: DemoParams, rng: np.random.Generator
+    user: np.ndarray, item: np.ndarray, cat: Catalog, p: DemoParams, rng: np.random.Generator
 ) -> None:
     """Raises every item to ``min_item_count`` events (in place), taking events of popular items in the same leaf.
 
@@ -500,8 +500,8 @@ def _ensure_min_count(
 def generate_demo(params: DemoParams) -> RawDataset:
     """Generates the demo shop (catalog and interactions) for ``params``; deterministic for ``params.seed``."""
     rng = np.random.default_rng(params.seed)
-    tree = _tree()
-    cat = _catalog(params, tree, rng)
+    tree = category_tree()
+    cat = draw_catalog(params, tree, rng)
     history, lengths = _simulate(params, tree, cat, rng)
 
     mask = history >= 0
@@ -515,13 +515,13 @@ def generate_demo(params: DemoParams) -> RawDataset:
     gaps[starts] = rng.integers(0, _HISTORY_DAYS, params.n_users)
     cum = np.cumsum(gaps)
     days = cum - np.repeat(cum[starts] - gaps[starts], lengths)
-    user_ids = _ids("A", params.n_users, 12, rng)
+    user_ids = random_ids("A", params.n_users, 12, rng)
     interactions = pd.DataFrame(
         {
             "user_id": user_ids[user],
             "item_id": cat.item_ids[item],
-            "timestamp": (_EPOCH + days * _DAY).astype(np.int64),
-            "rating": (rng.choice(5, len(item), p=_RATING_P) + 1).astype(np.float64),
+            "timestamp": (EPOCH + days * _DAY).astype(np.int64),
+            "rating": (rng.choice(5, len(item), p=RATING_P) + 1).astype(np.float64),
         }
     )
 
@@ -590,7 +590,7 @@ def generate_demo_queries(items: pd.DataFrame, params: DemoQueryParams, seed: in
     :func:`generate_demo` are unchanged.
     """
     rng = np.random.default_rng([seed, 0x51])
-    tree = _tree()
+    tree = category_tree()
     leaf_of_path = {tuple(p): i for i, p in enumerate(tree.paths)}
     paths = [tuple(p) for p in items["categories"]]
     if any(p not in leaf_of_path for p in paths):

@@ -5,7 +5,8 @@ return only catalogue items (rows of the SID matrix passed in, which may hold it
 training: a new item is scored through its digits alone).
 
 * ``exact``: every catalogue item is scored, chunked over users (an ``embedding_bag`` over the
-  score table: ``O(N * D)`` per user), then the top-K.
+  score table: ``O(N * D)`` per user), then the top-K; past ``SCORE_BUDGET`` scores per user batch
+  the catalogue is also chunked (a running top-K), so memory stays bounded at any catalogue size.
 * ``graph`` (RPG, Sec. 3.3): an item graph links each item to its ``n_edges`` most similar items by
   SID (similarity = mean over digits of the cosine between the two items' code embeddings of that
   digit, RPG's ``(cos + 1) / 2`` up to an affine map); decoding starts from ``beam_size`` seeded
@@ -102,11 +103,34 @@ def recommend_exact(
     report = Throttle(progress)
     done = 0
     for rows, table in digit_tables(model, histories, cat, score, batch_size):
-        s, i = torch.topk(model.composed_scores(table, cat), k, dim=1)
+        s, i = top_k_over_catalog(model, table, cat, k)
         items[rows, :k], scores[rows, :k] = i.cpu().numpy(), s.cpu().numpy()
         done += len(rows)
         report(f"parallel exact scoring: {done:,}/{len(histories):,} users")
     return items, scores
+
+
+SCORE_BUDGET = 1 << 24  # scores held at once by exact scoring (64 MiB of float32), whatever the catalogue size
+
+
+def top_k_over_catalog(model: ParallelRecommender, table: torch.Tensor, cat: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` ``(scores, items)`` of every row of ``table`` over the catalogue ``cat``, holding at most
+    about ``SCORE_BUDGET`` scores: the catalogue is scored in item chunks of ``SCORE_BUDGET // rows``
+    (at least ``4 k``) and a running top-``k`` is merged. One chunk (the whole catalogue at once)
+    while ``rows * N`` fits the budget."""
+    n = cat.shape[0]
+    chunk = max(SCORE_BUDGET // max(table.shape[0], 1), 4 * k)
+    if chunk >= n:
+        return torch.topk(model.composed_scores(table, cat), k, dim=1)
+    best_s = best_i = None
+    for start in range(0, n, chunk):
+        s, i = torch.topk(model.composed_scores(table, cat[start : start + chunk]), min(k, min(chunk, n - start)), dim=1)
+        i = i + start
+        if best_s is not None:
+            s, j = torch.topk(torch.cat([best_s, s], dim=1), k, dim=1)
+            i = torch.gather(torch.cat([best_i, i], dim=1), 1, j)
+        best_s, best_i = s, i
+    return best_s, best_i
 
 
 def check_catalog(model: ParallelRecommender, sids: torch.Tensor) -> None:

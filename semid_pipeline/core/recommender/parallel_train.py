@@ -5,7 +5,8 @@ Every user's ``train_items`` is one row: its last ``max_len + 1`` items, inputs 
 and test items are never trained on). Batches are length-bucketed (:class:`LengthBucketSampler`,
 seeded) and cut to their longest row (dynamic padding). The checkpoint is chosen on validation
 (exact scoring of the whole catalogue, ``select_metric``), with the cosine learning rate decaying to
-the end of training or to the ``max_train_minutes`` cap.
+the end of training or to the ``max_train_minutes`` cap. ``world_size > 1`` trains data-parallel
+(``core.training``: DDP ranks, each position weighted alike across the ranks' batches).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from semid_pipeline.core.progress import ProgressFn
 from semid_pipeline.core.recommender.data import LengthBucketSampler, ragged_arange
 from semid_pipeline.core.recommender.parallel import PAD, ParallelParams, ParallelRecommender
 from semid_pipeline.core.recommender.parallel_decode import recommend_exact
-from semid_pipeline.core.training import fit, start_run
+from semid_pipeline.core.training import fit, launch, needs_launch, start_run
 
 
 class ParallelResult(NamedTuple):
@@ -112,6 +113,9 @@ def train_parallel(
     valid_targets = np.asarray(valid_targets, dtype=np.int64)
     if len(valid_targets) != len(train_histories):
         raise ValueError(f"need one validation target per user: {len(valid_targets)} targets, {len(train_histories)} histories")
+    if needs_launch(params):  # data-parallel ranks (core.training's module docstring)
+        args = (sids, list(train_histories), valid_targets, params, codebook_size)
+        return launch(train_parallel, params, *args, progress=progress, teacher=teacher)
     k = int(codebook_size or int(sids.max()) + 1)
     device = start_run(params)
     inputs, targets, n_targets = training_windows(train_histories, len(sids), params.max_len)

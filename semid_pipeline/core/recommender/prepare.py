@@ -1,6 +1,5 @@
-"""What the generative recommender's trainers share (the single-process loop in ``train.py`` and the
-data-parallel ranks in ``distributed.py``): the training settings, the initial model, the training
-rows / batch sampler / validation users, and the validation itself."""
+"""What the generative recommender's trainer (``train.py``) builds on: the training settings, the
+initial model, the training rows / batch sampler / validation users, and the validation itself."""
 
 from dataclasses import dataclass
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
@@ -25,7 +24,7 @@ SELECT_ON = ("recall@10", "ndcg@10")  # checkpoint selection: validation Recall@
 
 class TrainParams(OptimParams):
     """Optimisation and model-selection settings of the generative recommender (``OptimParams`` plus
-    the training formulation, validation beam search and data-parallel settings)."""
+    the training formulation and the validation beam search)."""
 
     mode: Literal["per_user", "per_prefix"] = Field(
         "per_user",
@@ -39,19 +38,6 @@ class TrainParams(OptimParams):
     eval_batch_size: int = Field(512, ge=1, description="Users per validation beam-search batch.")
     eval_max_users: Optional[int] = Field(
         None, ge=1, description="Validate on a fixed seeded sample of this many users (None: all users); speeds up CPU runs."
-    )
-    world_size: int = Field(
-        1,
-        ge=1,
-        description="Data-parallel processes (torch.distributed DDP, core/recommender/distributed.py); 1: one process. "
-        "Each rank trains batch_size rows per step (global batch = world_size * batch_size, lr unchanged); on CUDA "
-        "rank r uses cuda:r (device 'auto' or 'cuda'). Under torchrun (RANK/WORLD_SIZE set) leave 1 or give WORLD_SIZE.",
-    )
-    dist_backend: Literal["auto", "nccl", "gloo"] = Field(
-        "auto", description="torch.distributed backend when world_size > 1: auto = nccl on CUDA, gloo on CPU."
-    )
-    dist_timeout_minutes: float = Field(
-        30.0, gt=0, description="Collective timeout of the data-parallel ranks (they wait for rank 0's validation)."
     )
 
 
@@ -83,8 +69,8 @@ def build_model(mp: RecommenderParams, vocab: SIDVocab, hierarchy: Optional[Hier
 
 @dataclass
 class TrainingData:
-    """What the training loop derives from its inputs; shared by the single-process trainer and the
-    data-parallel ranks (``distributed.py``), so both see the same rows, batches and validation users."""
+    """What the training loop derives from its inputs: every data-parallel rank derives the same rows,
+    batches and validation users."""
 
     vocab: SIDVocab
     trie: SIDTrie  # on the training device

@@ -9,21 +9,21 @@ best validation Recall@10 (ties: NDCG@10) is returned; training stops after ``pa
 evaluations without improvement, after ``epochs``, or when ``max_train_minutes`` is spent. Test
 data are never touched here.
 
-Several processes / GPUs: ``world_size > 1`` (or a torchrun environment) hands the run to the
-data-parallel trainer in ``distributed.py`` (DDP; per-rank batch = ``batch_size``, same ``lr``); with
-``world_size = 1`` the single-process loop below runs unchanged.
+Several processes / GPUs: ``world_size > 1`` (or a torchrun environment) runs the same trainer on
+every rank through ``core.training.launch`` / ``fit`` (DDP; per-rank batch = ``batch_size``, same
+``lr``; a step's ranks are weighted by their labelled tokens, so it equals the one-process step on
+the union of their batches).
 
 A *sample* in ``samples_per_s`` is one next-item target (= one per-prefix example), so the number
 is comparable between the ``per_user`` and ``per_prefix`` formulations.
 """
 
-from typing import Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from semid_pipeline.core.progress import ProgressFn
-from semid_pipeline.core.recommender import distributed
 from semid_pipeline.core.recommender.beam import recommend
 from semid_pipeline.core.recommender.hierarchy import HierarchyInputs
 from semid_pipeline.core.recommender.model import RecommenderParams
@@ -36,7 +36,7 @@ from semid_pipeline.core.recommender.prepare import (
     prepare_training_data,
     validate,
 )
-from semid_pipeline.core.training import fit, start_run
+from semid_pipeline.core.training import fit, launch, needs_launch, start_run
 
 # the recommender's public training API (each name has its home in the module imported from)
 __all__ = ["EVAL_K", "TrainParams", "TrainResult", "build_model", "recommend", "train_recommender"]
@@ -76,10 +76,10 @@ def train_recommender(
     n_users = len(train_histories)
     if not (len(valid_targets) == len(valid_histories) == len(user_ids) == n_users):
         raise ValueError("train_histories, valid_targets, valid_histories and user_ids must have one entry per user")
-    if distributed.is_requested(tp):
-        return distributed.train_data_parallel(
-            sids, train_histories, valid_targets, valid_histories, user_ids, mp, tp, progress, hierarchy
-        )
+    if needs_launch(tp):  # the ranks rebuild the model themselves: hand them the encoded tags, not the encoder
+        portable = None if hierarchy is None else HierarchyInputs(hierarchy.level_tags, EncodedTexts.of(hierarchy))
+        args = (sids, list(train_histories), valid_targets, list(valid_histories), user_ids, mp, tp)
+        return launch(train_recommender, tp, *args, progress=progress, hierarchy=portable)
     device = start_run(tp)
     data = prepare_training_data(sids, train_histories, valid_targets, valid_histories, user_ids, mp, tp, device)
     rows, sampler = data.rows, data.sampler
@@ -90,8 +90,9 @@ def train_recommender(
             f"{int(rows.n_targets.sum()):,} targets, {len(sampler)} batches/epoch on {device}"
         )
 
-    def step(idx: np.ndarray) -> Tuple[torch.Tensor, int]:
-        return model.loss(rows.batch(idx).to(device), tp.label_smoothing), int(rows.n_targets[idx].sum())
+    def step(idx: np.ndarray) -> Tuple[torch.Tensor, int, int]:  # the loss is the mean over labelled tokens
+        loss = model.loss(rows.batch(idx).to(device), tp.label_smoothing)
+        return loss, int(rows.n_targets[idx].sum()), int(rows.dec_lengths[idx].sum())
 
     result = fit(
         model,
@@ -105,3 +106,20 @@ def train_recommender(
         name="recommender",
     )
     return TrainResult(model=result.model, history=result.history, best_epoch=result.best_epoch)
+
+
+class EncodedTexts:
+    """A picklable stand-in for a sentence encoder over a fixed set of texts (the hierarchy's tags),
+    encoded once in the launching process so the data-parallel ranks need no encoder."""
+
+    def __init__(self, texts: List[str], vectors: np.ndarray):
+        self.row: Dict[str, int] = {t: i for i, t in enumerate(texts)}
+        self.vectors = np.asarray(vectors, dtype=np.float32)
+
+    @classmethod
+    def of(cls, hierarchy: HierarchyInputs) -> "EncodedTexts":
+        texts = sorted({t for level in hierarchy.level_tags.texts for t in level if t is not None} | {"tag"})
+        return cls(texts, hierarchy.encode(texts))
+
+    def __call__(self, texts: List[str]) -> np.ndarray:
+        return self.vectors[[self.row[t] for t in texts]]

@@ -99,7 +99,7 @@ def main() -> None:
                 c_s = time.monotonic() - t
                 second_stats = again.stats
         result["llm_sample"] = {
-            "model": f"{gguf.name} via llama_cpp.server (OpenAI-compatible), {args.num_threads} thread(s)",
+            "model": f"{gguf.name} via llama.cpp's server (xllamacpp, OpenAI-compatible), {args.num_threads} thread(s)",
             "n_items": len(sample),
             "sample_seed": args.seed,
             "retrieval_only_accuracy_per_level": ret_stats["accuracy"],

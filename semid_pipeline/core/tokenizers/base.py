@@ -346,7 +346,8 @@ def train_tokenizer(
                 f"tokenizer input: {params.text_dims} whitened text + {params.collaborative_dims} whitened collaborative dims; "
                 f"{inputs.n_predicted(raw):,} of {n:,} items without interactions get theirs predicted from text"
             )
-    check_limit("codebook_size", params.codebook_size, high=n, high_reason=CODEBOOK_LIMIT)
+    size_name = "pq_codebook_size" if params.kind == "opq" else "codebook_size"  # kind opq has no codebook_size levels
+    check_limit(size_name, getattr(params, size_name), high=n, high_reason=CODEBOOK_LIMIT)
     faiss.omp_set_num_threads(configure_threads(None))  # SEMID_NUM_THREADS for torch and faiss alike
     sup = _sub(params, SupervisionParams)
     vocab = build_tag_vocab(tag_paths, params.tag_levels, params.min_tag_items) if tag_paths is not None else None

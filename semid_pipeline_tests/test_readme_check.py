@@ -87,3 +87,11 @@ def test_readme_names_every_asset_and_job():
     names |= {job.name for job in defs.resolve_all_job_defs() if not job.name.startswith("__")}
     missing = sorted(n for n in names if not re.search(rf"\b{re.escape(n)}\b", readme))
     assert not missing, f"README.md does not name {missing}"
+
+
+def test_the_demo_table_is_the_text_block_under_its_marker():
+    from semid_pipeline.devtools.readme_check import readme_demo_table
+
+    text = "```text\nnot this\n```\n<!-- demo-table: what demo.sh prints -->\n```text\n  model  R@10\n0 x  0.1\n```\n"
+    assert readme_demo_table(text) == "  model  R@10\n0 x  0.1"
+    assert readme_demo_table((ROOT / "README.md").read_text()).split()[:5] == ["model", "R@5", "N@5", "R@10", "N@10"]

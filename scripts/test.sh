@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev,llm,vision
+echo "==> running the tests (pytest; SEMID_TEST_WORKERS=${SEMID_TEST_WORKERS:-2} workers)"
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 # Two workers (one per core), a test file per worker, one torch thread each: the suite's CPU time

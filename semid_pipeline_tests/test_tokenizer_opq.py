@@ -144,3 +144,14 @@ def test_opq_through_the_tokenizer_assets(tmp_path):
     assert sem["tokenizer_version"].iloc[0].startswith("tok-")
     quality = storage.read_table(tmp_path, "tokenizer_quality", "demo")
     assert {"collision_rate_before", "recon_error"} <= set(quality["metric"])
+
+
+def test_opq_on_fewer_items_than_the_rq_codebook_size():
+    # kind opq has no RQ codebook: its limit is pq_codebook_size (a 240-item catalogue with 64 codes per digit is fine)
+    from semid_pipeline.core.params import LimitError
+
+    x = np.random.default_rng(0).normal(size=(240, 16)).astype(np.float32)
+    result = train_tokenizer(x, TokenizerParams(kind="opq", pq_digits=4, pq_codebook_size=64, pca_dim=16))
+    assert result.tokenizer.encode(torch.from_numpy(x)).shape == (240, 4)
+    with pytest.raises(LimitError, match="pq_codebook_size = 256 exceeds the number of items"):
+        train_tokenizer(x, TokenizerParams(kind="opq", pq_digits=4, pq_codebook_size=256, pca_dim=16))

@@ -78,14 +78,15 @@ def item_intent_descriptors(
     ins={"items": AssetIn(), "item_captions": AssetIn(), "item_intent_descriptors": AssetIn()},
     outs={
         "descriptor_quality_labels": AssetOut(
-            io_manager_key="table_io", description="QARM binary label per (item, descriptor), with its DCIM confidence."
+            io_manager_key="table_io", is_required=False, description="QARM binary label per (item, descriptor), with its DCIM confidence."
         ),
         "item_quality_scores": AssetOut(
-            io_manager_key="table_io", description="QARM confidence-weighted quality score per item (eq. 10)."
+            io_manager_key="table_io", is_required=False, description="QARM confidence-weighted quality score per item (eq. 10)."
         ),
     },
     partitions_def=dataset_partitions,
     group_name="enrichment",
+    can_subset=True,  # labels and scores come from one labelling pass; the selected tables are written
 )
 def descriptor_quality(
     context: AssetExecutionContext,
@@ -115,6 +116,8 @@ def descriptor_quality(
     metadata = {"stage": stage, "backend": params.backend}
     metadata.update({k: v for k, v in stats.items() if isinstance(v, (int, float))})
     metadata.update(llm_run_metadata(run_stats))
-    yield Output(labels, "descriptor_quality_labels", metadata=readable(metadata))
-    yield Output(scores, "item_quality_scores", metadata=readable({"stage": stage, "n_items": len(scores),
+    if "descriptor_quality_labels" in context.selected_output_names:
+        yield Output(labels, "descriptor_quality_labels", metadata=readable(metadata))
+    if "item_quality_scores" in context.selected_output_names:
+        yield Output(scores, "item_quality_scores", metadata=readable({"stage": stage, "n_items": len(scores),
                  "mean_quality_score": float(scores["quality_score"].mean()) if len(scores) else 0.0}))

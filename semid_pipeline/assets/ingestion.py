@@ -10,11 +10,12 @@ from semid_pipeline.resources import DatasetsResource
 
 @multi_asset(
     outs={
-        "raw_items": AssetOut(io_manager_key="table_io", description="Items as the source gives them (one row per item)."),
-        "raw_interactions": AssetOut(io_manager_key="table_io", description="User-item interactions with timestamps."),
+        "raw_items": AssetOut(io_manager_key="table_io", is_required=False, description="Items as the source gives them (one row per item)."),
+        "raw_interactions": AssetOut(io_manager_key="table_io", is_required=False, description="User-item interactions with timestamps."),
     },
     partitions_def=dataset_partitions,
     group_name="ingestion",
+    can_subset=True,  # `raw_items*` works: the source is read once, the selected tables written
 )
 def raw_dataset(context: AssetExecutionContext, datasets: DatasetsResource):
     """Loads the partition's source files. What the loader skips or repairs (items without metadata,
@@ -27,9 +28,12 @@ def raw_dataset(context: AssetExecutionContext, datasets: DatasetsResource):
     validate_raw(raw, source=dataset)
     context.log.info(f"{dataset}: {len(raw.items):,} items, {len(raw.interactions):,} interactions loaded")
     untitled = int((raw.items["title"].fillna("").astype(str).str.strip() == "").sum())
-    yield Output(raw.items, "raw_items", metadata={"n_items": len(raw.items), "n_untitled_items": untitled, **notes.metadata()})
-    yield Output(
-        raw.interactions,
-        "raw_interactions",
-        metadata={"n_interactions": len(raw.interactions), "n_users": int(raw.interactions["user_id"].nunique())},
-    )
+    selected = context.selected_output_names
+    if "raw_items" in selected:
+        yield Output(raw.items, "raw_items", metadata={"n_items": len(raw.items), "n_untitled_items": untitled, **notes.metadata()})
+    if "raw_interactions" in selected:
+        yield Output(
+            raw.interactions,
+            "raw_interactions",
+            metadata={"n_interactions": len(raw.interactions), "n_users": int(raw.interactions["user_id"].nunique())},
+        )

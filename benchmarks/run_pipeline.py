@@ -91,6 +91,14 @@ def published_rows(dataset: str) -> list[str]:
     return [line for line in (m.group(1).splitlines() if m else []) if line.startswith("|")]
 
 
+
+def published_section(dataset: str) -> list[str]:
+    """Markdown lines with the published rows for ``dataset`` (none when the reference has none)."""
+    pub = published_rows(dataset)
+    if not pub:
+        return []
+    return ["", "## Published (read from ../shared/reference/published-results.md, not measured here)", "", *pub]
+
 def markdown(result: dict) -> str:
     rows = []
     for model, splits in sorted(result["metrics"].items()):
@@ -122,10 +130,7 @@ def markdown(result: dict) -> str:
         "",
         *[f"- {k}: {v}" for k, v in result["step_seconds"].items()],
     ]
-    pub = published_rows(result["dataset"])
-    if pub:
-        lines += ["", "## Published (read from ../shared/reference/published-results.md, not measured here)", "", *pub]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + published_section(result["dataset"])) + "\n"
 
 
 def run_graph(

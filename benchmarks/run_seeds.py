@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from rescore_topk import rescore  # noqa: E402
-from run_pipeline import published_rows, run_graph  # noqa: E402
+from run_pipeline import published_section, run_graph  # noqa: E402
 
 METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 SPEED_KEYS = ("samples_per_s", "train_seconds", "best_epoch", "epochs_run", "peak_gpu_memory_mb")
@@ -160,10 +160,7 @@ def summary_markdown(summary: dict) -> str:
             secs = " / ".join(f"{r.get('train_seconds', 0):.0f}" for r in runs)
             best = " / ".join(str(r.get("best_epoch", "—")) for r in runs)
             lines.append(f"| {asset} | {sps} | {secs} | {best} |")
-    pub = published_rows(summary["dataset"])
-    if pub:
-        lines += ["", "## Published (read from ../shared/reference/published-results.md, not measured here)", "", *pub]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + published_section(summary["dataset"])) + "\n"
 
 
 def run_seeds(

@@ -222,6 +222,14 @@ RATING_P = (0.06, 0.05, 0.09, 0.20, 0.60)  # 1..5 stars, the Amazon review skew
 _DRAW_ATTEMPTS = 20  # redraws of the interest process before a repeated item is replaced at random
 
 
+def check_sequence_lengths(min_seq_len: int, mean_seq_len: float, max_seq_len: int) -> None:
+    """The sequence-length knobs of a synthetic generator agree (min <= mean <= max), else ValueError."""
+    if max_seq_len < min_seq_len:
+        raise ValueError(f"max_seq_len ({max_seq_len}) must be >= min_seq_len ({min_seq_len})")
+    if not min_seq_len <= mean_seq_len <= max_seq_len:
+        raise ValueError("mean_seq_len must lie between min_seq_len and max_seq_len")
+
+
 class DemoParams(StrictParams):
     """Size and behaviour of the synthetic demo shop."""
 
@@ -266,10 +274,7 @@ class DemoParams(StrictParams):
 
     @model_validator(mode="after")
     def _consistent(self) -> "DemoParams":
-        if self.max_seq_len < self.min_seq_len:
-            raise ValueError(f"max_seq_len ({self.max_seq_len}) must be >= min_seq_len ({self.min_seq_len})")
-        if not self.min_seq_len <= self.mean_seq_len <= self.max_seq_len:
-            raise ValueError("mean_seq_len must lie between min_seq_len and max_seq_len")
+        check_sequence_lengths(self.min_seq_len, self.mean_seq_len, self.max_seq_len)
         if self.p_same_leaf + self.p_complement + self.p_sibling + self.p_same_brand > 1.0 + 1e-9:
             raise ValueError("p_same_leaf + p_complement + p_sibling + p_same_brand must be <= 1")
         if self.n_users * self.mean_seq_len < 2 * self.min_item_count * self.n_items:

@@ -46,7 +46,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
-from semid_pipeline.core.data.demo import EPOCH, RATING_P, STYLES, TREE, MAX_BRANDS, N_LEAVES, draw_catalog, Catalog, random_ids, Tree, category_tree
+from semid_pipeline.core.data.demo import EPOCH, RATING_P, STYLES, TREE, MAX_BRANDS, N_LEAVES, draw_catalog, Catalog, random_ids, Tree, category_tree, check_sequence_lengths
 from semid_pipeline.core.params import StrictParams
 
 _DAY = 86400
@@ -76,10 +76,7 @@ class ScaleParams(StrictParams):
 
     @model_validator(mode="after")
     def _consistent(self) -> "ScaleParams":
-        if self.max_seq_len < self.min_seq_len:
-            raise ValueError(f"max_seq_len ({self.max_seq_len}) must be >= min_seq_len ({self.min_seq_len})")
-        if not self.min_seq_len <= self.mean_seq_len <= self.max_seq_len:
-            raise ValueError("mean_seq_len must lie between min_seq_len and max_seq_len")
+        check_sequence_lengths(self.min_seq_len, self.mean_seq_len, self.max_seq_len)
         if self.interactions_per_item < self.min_item_count:
             raise ValueError(f"interactions_per_item ({self.interactions_per_item}) must be >= min_item_count ({self.min_item_count})")
         return self

@@ -153,6 +153,12 @@ def test_empty_tables_missing_ids_and_missing_files_are_named(tmp_path):
         load_generic(_params(tmp_path / "items.xlsx", tmp_path / "events.csv"))
 
 
+def test_an_id_with_spaces_is_refused_not_stripped(tmp_path):
+    events = EVENTS.assign(sku=["007", "a2 ", "a3", "a3", "007"])
+    with pytest.raises(InputError, match="whitespace"):
+        load_generic(_params(_write(ITEMS, tmp_path / "items.parquet"), _write(events, tmp_path / "events.parquet")))
+
+
 def test_broken_files_are_named(tmp_path):
     (tmp_path / "items.jsonl").write_text('{"sku": "a", "title": "A"}\n{"sku": "b", "title": \n')
     with pytest.raises(InputError) as err:

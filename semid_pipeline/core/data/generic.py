@@ -56,7 +56,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
-from semid_pipeline.core.data.schema import RawDataset, validate_raw
+from semid_pipeline.core.data.schema import RawDataset, id_problem, validate_raw
 from semid_pipeline.core.errors import InputError
 from semid_pipeline.core.params import StrictParams, unknown_keys_problem
 
@@ -240,13 +240,22 @@ def _ids(values: pd.Series, name: str, source: TableSource, table: str) -> pd.Se
             raise InputError(source.path, None, f"{table}: {_where(row, name, source)}: "
                                                 f"{name} {values.iloc[row]!r} is not a whole number or text")
         values = values.astype(np.int64)
-    return values.map(_id_text).astype(object)
+    text = values.map(_id_text).astype(object)
+    problems = text.map(id_problem)
+    bad = problems.notna().to_numpy()
+    if bad.any():  # the shared id rule, named here with the file's own row and column
+        row = int(np.flatnonzero(bad)[0])
+        raise InputError(source.path, None, f"{table}: {_where(row, name, source)}: {name} {problems.iloc[row]} "
+                                            f"({int(bad.sum())} rows)")
+    return text
 
 
 def _id_text(value: Any) -> str:
+    """The id as text, unchanged otherwise: an id with surrounding spaces is refused by the shared id
+    check (``schema.id_problem``), never silently stripped into another item's id."""
     if isinstance(value, (bytes, bytearray)):
         return value.decode("utf-8")
-    return str(value).strip()
+    return str(value)
 
 
 def _optional_text(values: pd.Series) -> pd.Series:

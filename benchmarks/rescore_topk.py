@@ -6,11 +6,11 @@ An independent check of ``core/metrics.py``: it shares no code with it. DuckDB r
 recommendation tables (``*_recommendations`` Parquet, one row per user and rank) and
 ``user_sequences`` straight from disk, joins each user's held-out item, and computes
 
-* Recall@K = (users whose held-out item is among their first K) / (all users), and
-* NDCG@K = sum over hits of 1 / log2(rank + 2) / (all users) (one relevant item, so IDCG = 1),
+* Recall@K = (users whose held-out item is among their first K) / (evaluation users), and
+* NDCG@K = sum over hits of 1 / log2(rank + 2) / (evaluation users) (one relevant item, so IDCG = 1),
 
-users without a list counting as misses. It also checks that every list holds K distinct catalog
-items. The result, with the largest absolute difference from the ``evaluation`` table, goes to
+users without a list counting as misses; the evaluation users are every user, or the seeded sample
+``user_sequences.in_eval`` marks. It also checks that every list holds K distinct catalog items. The result, with the largest absolute difference from the ``evaluation`` table, goes to
 ``benchmarks/results/rescore-<dataset>.json``; the script exits 1 when the two disagree.
 """
 
@@ -27,11 +27,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 HAND_SCORE_SQL = """
 with targets as (
-    select user_idx, 'valid' as split, valid_item as target from read_parquet('{seq}')
+    select user_idx, 'valid' as split, valid_item as target from read_parquet('{seq}') where {scored}
     union all
-    select user_idx, 'test' as split, test_item as target from read_parquet('{seq}')
+    select user_idx, 'test' as split, test_item as target from read_parquet('{seq}') where {scored}
 ),
-n as (select count(*)::double as n_users from read_parquet('{seq}')),
+n as (select count(*)::double as n_users from read_parquet('{seq}') where {scored}),
 recs as (
     select model, split, user_idx, rank, item_idx
     from read_parquet({recs}, union_by_name = true)
@@ -77,7 +77,9 @@ def rescore(data_dir: Path, dataset: str, ks: list[int]) -> dict:
     seq, items, evaluation = (tables / name / part for name in ("user_sequences", "items", "evaluation"))
     recs_sql = "[" + ", ".join(f"'{p}'" for p in rec_files) + "]"
     con = duckdb.connect()
-    hand = con.execute(HAND_SCORE_SQL.format(seq=seq, recs=recs_sql, ks=", ".join(map(str, ks)))).df()
+    columns = con.execute(f"select * from read_parquet('{seq}') limit 0").df().columns
+    scored = "in_eval" if "in_eval" in columns else "true"  # the evaluation users (a seeded sample when one was drawn)
+    hand = con.execute(HAND_SCORE_SQL.format(seq=seq, recs=recs_sql, ks=", ".join(map(str, ks)), scored=scored)).df()
     lists = con.execute(LIST_CHECK_SQL.format(recs=recs_sql, items=items, k=max(ks))).df()
     asset = con.execute(f"select model, split, metric, k, value from read_parquet('{evaluation}') where metric in ('recall', 'ndcg')").df()
 

@@ -175,11 +175,14 @@ def run_seeds(
     dataset_options: dict | None = None,
     seeded_select: str | None = None,
     reuse: tuple[str, ...] = ("item_text_embeddings",),
+    resume: bool = False,
 ) -> dict:
     """Runs the graph per seed (see the module docstring) and writes every JSON; returns the summary.
 
     ``seeded_select``: for the seeds after the first (unless ``full``), the comma-separated assets to
-    re-materialize instead of "every seeded asset and its downstream"."""
+    re-materialize instead of "every seeded asset and its downstream". ``resume``: a seed whose JSON in
+    ``out_dir`` records a successful run with an agreeing rescore is read back instead of run again (seeds
+    run on different machines or cores are summarized together this way)."""
     from dagster import AssetSelection
 
     from semid_pipeline.definitions import all_assets
@@ -197,11 +200,18 @@ def run_seeds(
     for i, seed in enumerate(seeds):
         data_dir = data_root / f"seed{seed}"
         first = i == 0
+        stem = f"{name}-seed{seed}"
+        kept = out_dir / f"{stem}.json"
+        if resume and kept.exists():
+            result = json.loads(kept.read_text())
+            if result.get("success") and result.get("rescore", {}).get("agree"):
+                print(f"[run_seeds] seed {seed}: kept {kept} (--resume)", flush=True)
+                results.append(result)
+                continue
         if not first and not full:
             if data_dir.exists():
                 shutil.rmtree(data_dir)
             shutil.copytree(data_root / f"seed{seeds[0]}", data_dir)
-        stem = f"{name}-seed{seed}"
         print(f"[run_seeds] seed {seed}: {'all of ' + select if first or full else later} -> {data_dir}", flush=True)
         chosen = select if first or full else later
         config = seeded_config(run_config, seed, paths)
@@ -237,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeded-select", help="assets re-materialized for later seeds (default: seeded assets and their downstream)")
     parser.add_argument("--reuse", default="item_text_embeddings", help="seeded assets later seeds copy from the first seed (comma-separated)")
     parser.add_argument("--dataset-options", default="{}", help="JSON loader options for the dataset")
+    parser.add_argument("--resume", action="store_true", help="read back seeds whose successful JSON is already in --out-dir")
     args = parser.parse_args(argv)
 
     import yaml
@@ -248,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     summary = run_seeds(
         args.dataset, run_config, args.name, seeds, data_root, out_dir, args.full, args.select, json.loads(args.dataset_options), args.seeded_select,
-        tuple(a for a in args.reuse.split(",") if a),
+        tuple(a for a in args.reuse.split(",") if a), args.resume,
     )
     print(summary_markdown(summary))
     return 0 if summary["all_succeeded"] and summary["rescore_all_agree"] else 1

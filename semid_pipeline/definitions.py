@@ -1,5 +1,6 @@
 """The Dagster code location: ``dagster dev -m semid_pipeline.definitions`` (or workspace.yaml)."""
 
+import json
 import os
 
 from dagster import Definitions, ExecutorDefinition, in_process_executor, load_assets_from_modules, multiprocess_executor
@@ -24,6 +25,9 @@ from semid_pipeline.assets import (
     tokenizer_ablation,
     tokenizer_quality,
 )
+from pydantic import ValidationError
+
+from semid_pipeline.core.enrich.text_encoder import TextEncoderParams
 from semid_pipeline.io_managers import ModelIOManager, ParquetIOManager
 from semid_pipeline.jobs import demo_pipeline_job, full_pipeline_job, retokenize_frozen_job, retokenize_job, retokenize_schedule, retrieval_job, tokenizer_ablation_job
 from semid_pipeline.paths import default_data_dir, default_shared_dir
@@ -31,6 +35,25 @@ from semid_pipeline.resources import DatasetsResource, LLMResource, StorageResou
 from semid_pipeline.sensors import incoming_items_sensor
 
 ASSET_MODULES = [ingestion, preprocessing, tags, captions, image_embeddings, descriptors, embeddings, tokenizer, semantic_ids, recommender, baselines, evaluation, explanations, catalog, sid_versions, retrieval, tokenizer_quality]
+
+
+def text_encoder_settings() -> dict:
+    """The text encoder of this environment: ``SEMID_TEXT_ENCODER`` (model) and ``SEMID_TEXT_ENCODER_OPTIONS``
+    (a JSON object of the other ``TextEncoderParams`` fields, e.g. ``{"precision": "bf16"}``); a bad value or
+    an unknown key is refused naming the variable."""
+    raw = os.environ.get("SEMID_TEXT_ENCODER_OPTIONS", "").strip() or "{}"
+    try:
+        options = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"SEMID_TEXT_ENCODER_OPTIONS is not JSON ({e}): {raw!r}") from None
+    if not isinstance(options, dict):
+        raise ValueError(f"SEMID_TEXT_ENCODER_OPTIONS must be a JSON object, got {raw!r}")
+    settings = {"model": os.environ.get("SEMID_TEXT_ENCODER", "default"), **options}
+    try:
+        TextEncoderParams(**settings)
+    except ValidationError as e:
+        raise ValueError(f"SEMID_TEXT_ENCODER_OPTIONS: {e}") from None
+    return settings
 
 
 def build_resources(data_dir: str | None = None, datasets_options_json: str | None = None) -> dict:
@@ -44,7 +67,7 @@ def build_resources(data_dir: str | None = None, datasets_options_json: str | No
             shared_dir=default_shared_dir(),
             options_json=datasets_options_json or os.environ.get("SEMID_DATASET_OPTIONS", "{}"),
         ),
-        "text_encoder": TextEncoderResource(model=os.environ.get("SEMID_TEXT_ENCODER", "default")),
+        "text_encoder": TextEncoderResource(**text_encoder_settings()),
         "llm": LLMResource(
             base_url=os.environ.get("SEMID_LLM_BASE_URL", "http://127.0.0.1:8080/v1"),
             model=os.environ.get("SEMID_LLM_MODEL", "local"),

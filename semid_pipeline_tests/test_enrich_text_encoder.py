@@ -34,3 +34,17 @@ def test_unnormalised_option(encoder):
     raw = TextEncoder(TextEncoderParams(device="cpu", normalize=False)).encode(["conditioner for curly hair"])
     unit = encoder.encode(["conditioner for curly hair"])
     np.testing.assert_allclose(raw / np.linalg.norm(raw), unit, atol=1e-5)
+
+
+def test_text_encoder_settings_come_from_the_environment_and_refuse_unknown_keys(monkeypatch):
+    from semid_pipeline.definitions import text_encoder_settings
+
+    monkeypatch.setenv("SEMID_TEXT_ENCODER_OPTIONS", '{"batch_size": 7}')
+    monkeypatch.delenv("SEMID_TEXT_ENCODER", raising=False)
+    assert text_encoder_settings() == {"model": "default", "batch_size": 7}
+    monkeypatch.setenv("SEMID_TEXT_ENCODER_OPTIONS", '{"batch_sise": 7}')
+    with pytest.raises(ValueError, match="(?s)SEMID_TEXT_ENCODER_OPTIONS.*batch_sise"):
+        text_encoder_settings()
+    monkeypatch.setenv("SEMID_TEXT_ENCODER_OPTIONS", "[1]")
+    with pytest.raises(ValueError, match="JSON object"):
+        text_encoder_settings()

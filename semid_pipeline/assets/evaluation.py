@@ -52,13 +52,16 @@ def evaluation(
     n_cold = int(cold_warm.loc[cold_warm["split"] == "test_cold", "n_users"].max()) if len(cold_warm) else 0
     cold10 = cold_warm[(cold_warm["split"] == "test_cold") & (cold_warm["k"] == 10) & (cold_warm["note"] == "")]
     flat.update({f"test_cold_{r.model}_{r.metric}@10": float(r.value) for r in cold10.itertuples()})
-    context.log.info(f"test targets never trained on (cold): {n_cold} of {len(user_sequences)} users")
+    n_scored = int(metrics["n_users"].max()) if len(metrics) else 0
+    sample = "every user" if n_scored == len(user_sequences) else f"a seeded sample of {n_scored:,} of {len(user_sequences):,} users"
+    context.log.info(f"scored on {sample}; test targets never trained on (cold): {n_cold} of {n_scored} users")
     return Output(
         table,
         metadata=readable({
             "metrics": md_table(wide),
             "cold_vs_warm": md_table(_cold_warm_wide(cold_warm)),
             "n_cold_test_targets": n_cold,
+            "users_scored": sample,
             **flat,
             "collision_rate_before": float(tok_rows[0]["value"]),
             "glossary": glossary(
@@ -67,6 +70,7 @@ def evaluation(
                     "cold_vs_warm": "the test split again, over users whose target no training sequence holds (cold: a new item, "
                     "ranked from its SID) and the others (warm); n/a where a model ranks by item-ID statistics it cannot have",
                     "n_cold_test_targets": "test users whose target item no user's training items contain",
+                    "users_scored": "the users every model is scored on (prepared_dataset's eval_users draws a seeded sample)",
                     "collision_rate_before / _after": "share of items sharing their codes before / their SID after collision resolution (as in semantic_ids)",
                     "codes_used_level_*": "rows of the table: distinct codes per SID level, levels numbered from 1",
                 }

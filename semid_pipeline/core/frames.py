@@ -48,6 +48,14 @@ def item_values(table: pd.DataFrame, column: str, item_idx: Sequence[int], fill:
     return values.fillna(fill).to_numpy(np.float32)
 
 
+def eval_rows(user_sequences: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the users that validation and test are scored on (``in_eval``; every row when the
+    column is absent, e.g. a table prepared before the column existed)."""
+    if "in_eval" not in user_sequences.columns or bool(user_sequences["in_eval"].all()):
+        return user_sequences
+    return user_sequences[user_sequences["in_eval"].to_numpy(bool)]
+
+
 def split_inputs(user_sequences: pd.DataFrame, split: str) -> Tuple[List[np.ndarray], np.ndarray]:
     """Histories and targets of a split: validation reads ``train_items``, test also sees ``valid_item``."""
     train = [np.asarray(t, dtype=np.int64) for t in user_sequences["train_items"]]
@@ -62,11 +70,13 @@ def split_inputs(user_sequences: pd.DataFrame, split: str) -> Tuple[List[np.ndar
 def split_top_k(
     model: str, user_sequences: pd.DataFrame, item_ids: np.ndarray, rank: Callable[[list, np.ndarray], tuple]
 ) -> Tuple[pd.DataFrame, dict]:
-    """Validation and test top-K lists of one model in the shared recommendations schema.
+    """Validation and test top-K lists of one model in the shared recommendations schema, for the
+    evaluation users (:func:`eval_rows`).
 
     ``rank(histories, user_idx) -> (items [U, K], scores [U, K])`` is called once per split with
     that split's histories (``split_inputs``). Returns the long table and the item matrix per split.
     """
+    user_sequences = eval_rows(user_sequences)
     user_idx = user_sequences["user_idx"].to_numpy(np.int64)
     user_ids = user_sequences["user_id"].to_numpy()
     frames, per_split = [], {}

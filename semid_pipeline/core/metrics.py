@@ -20,8 +20,17 @@ from typing import Dict, Iterable, List
 import numpy as np
 import pandas as pd
 
-from semid_pipeline.core.frames import split_inputs
+from semid_pipeline.core.frames import eval_rows, split_inputs
 from semid_pipeline.core.recommendations import ranked_matrix
+
+
+def sample_users(n_users: int, max_users: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of the users a validation or evaluation scores: all ``n_users`` when ``max_users``
+    is None or not below it, else a uniform sample of ``max_users`` drawn with ``seed`` (the same users
+    for the same seed and user order, whichever model asks)."""
+    if max_users is None or max_users >= n_users:
+        return np.arange(n_users)
+    return np.sort(np.random.default_rng(seed).choice(n_users, max_users, replace=False))
 
 
 def _hit_rank(ranked: np.ndarray, target: np.ndarray, k: int) -> np.ndarray:
@@ -79,14 +88,15 @@ def cold_targets(user_sequences: pd.DataFrame, split: str = "test") -> np.ndarra
 
 def score_cold_warm(recs: pd.DataFrame, user_sequences: pd.DataFrame, ks: List[int], split: str = "test") -> pd.DataFrame:
     """Rows ``<split>_warm`` and ``<split>_cold`` of the metric table (:data:`METRIC_COLUMNS`): each model's
-    Recall/NDCG@k over the users whose target was (warm) or was never (cold) trained on.
+    Recall/NDCG@k over the evaluation users whose target was (warm) or was never (cold) trained on.
 
     ``n_users`` counts the users of each group. A model in :data:`COLD_NOT_RANKABLE` gets ``NaN`` and that
     note on its cold rows; an empty group gets ``NaN`` and ``"no <group> targets"``.
     """
-    user_idx = user_sequences["user_idx"].to_numpy(np.int64)
-    _, target = split_inputs(user_sequences, split)
-    cold = cold_targets(user_sequences, split)
+    scored = eval_rows(user_sequences)  # cold is decided against every user's training items
+    user_idx = scored["user_idx"].to_numpy(np.int64)
+    _, target = split_inputs(scored, split)
+    cold = ~np.isin(target, trained_items(user_sequences))
     rows = []
     for model, group in recs[recs["split"] == split].groupby("model", sort=True):
         ranked = ranked_matrix(group, user_idx, max(ks))
@@ -105,7 +115,9 @@ def score_cold_warm(recs: pd.DataFrame, user_sequences: pd.DataFrame, ks: List[i
 
 def score_lists(recs: pd.DataFrame, user_sequences: pd.DataFrame, ks: List[int]) -> pd.DataFrame:
     """Long metric table (:data:`METRIC_COLUMNS`, ``note`` empty) from exported top-K lists
-    (the recommendations schema), each split scored against its targets (``frames.split_inputs``)."""
+    (the recommendations schema), each split scored against its targets (``frames.split_inputs``), over the
+    evaluation users (``frames.eval_rows``: every user unless the preparation drew a sample)."""
+    user_sequences = eval_rows(user_sequences)
     user_idx = user_sequences["user_idx"].to_numpy(np.int64)
     rows = []
     for (model, split), group in recs.groupby(["model", "split"], sort=True):

@@ -34,6 +34,7 @@ from pydantic import Field
 
 from semid_pipeline.core.data.schema import RawDataset, validate_raw
 from semid_pipeline.core.errors import InputError
+from semid_pipeline.core.metrics import sample_users
 from semid_pipeline.core.params import StrictParams
 
 _log = logging.getLogger(__name__)
@@ -69,6 +70,13 @@ class PreprocessParams(StrictParams):
         description="Keep catalog items without interactions after the k-core (a retrieval corpus such as ESCI, "
         "whose every product needs a SID); no interaction surviving is then allowed. None: the dataset's default.",
     )
+    eval_users: Optional[int] = Field(
+        None, ge=1,
+        description="Score validation and test on a seeded random sample of this many users (user_sequences.in_eval); "
+        "None: every user. Large catalogues need it: ranking every item for every user is users x items work. "
+        "Every model is scored on the same sample, and the evaluation states its size.",
+    )
+    eval_seed: int = Field(0, description="Seed of the evaluation user sample (eval_users).")
 
 
 class PreparedDataset(NamedTuple):
@@ -174,6 +182,15 @@ def build_item_text(items: pd.DataFrame, include_categories: bool = True) -> pd.
     return pd.Series(list(texts), index=items.index, dtype=object)
 
 
+def eval_sample(n_users: int, eval_users: Optional[int], seed: int) -> np.ndarray:
+    """bool ``[n_users]``: the users validation and test are scored on; all of them when ``eval_users`` is
+    None or not below ``n_users``, else a uniform sample of ``eval_users`` drawn with ``seed`` (the same
+    users for the same seed and user order, whatever model reads them)."""
+    mask = np.zeros(n_users, dtype=bool)
+    mask[sample_users(n_users, eval_users, seed)] = True
+    return mask
+
+
 def build_tables(raw: RawDataset, params: PreprocessParams, source: str = "RawDataset") -> PreparedDataset:
     """Validates, cleans and filters ``raw`` and builds the prepared ``items``, ``interactions`` and ``user_sequences``.
 
@@ -272,6 +289,7 @@ def prepare(raw: RawDataset, params: PreprocessParams, source: str = "RawDataset
             "valid_item": item_idx[ends - 2],
             "test_item": item_idx[ends - 1],
             "n_interactions": counts.astype(np.int64),
+            "in_eval": eval_sample(len(user_ids), params.eval_users, params.eval_seed),
         }
     )
     _log.info(

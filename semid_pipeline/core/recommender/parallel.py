@@ -114,7 +114,7 @@ class ParallelParams(OptimParams):
     distill_top_k: int = Field(64, ge=1, description="Teacher items kept per position (their probabilities renormalised).")
     distill_temperature: float = Field(1.0, gt=0, description="Temperature of the teacher's item softmax.")
     select_metric: Literal["recall@10", "ndcg@10"] = Field("ndcg@10", description="Validation metric that picks the checkpoint (ties: the other).")
-    eval_max_users: Optional[int] = Field(None, ge=1, description="Validate on the first this many users (None: all).")
+    eval_max_users: Optional[int] = Field(None, ge=1, description="Validate on a fixed seeded sample of this many users (None: all).")
     eval_batch_size: int = Field(512, ge=1, description="Users per exact-scoring batch during validation.")
 
     # OptimParams defaults that differ for this model

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from semid_pipeline.core.metrics import ndcg_at_k, recall_at_k
+from semid_pipeline.core.metrics import ndcg_at_k, recall_at_k, sample_users
 from semid_pipeline.core.progress import ProgressFn
 from semid_pipeline.core.recommender.data import LengthBucketSampler, ragged_arange
 from semid_pipeline.core.recommender.parallel import PAD, ParallelParams, ParallelRecommender
@@ -137,7 +137,7 @@ def train_parallel(
         if progress is not None:
             progress(f"parallel: teacher targets at {int(n_targets.sum()):,} positions (top {params.distill_top_k} items)")
     gen = torch.Generator(device="cpu").manual_seed(params.seed)
-    eval_users = np.arange(len(train_histories)) if params.eval_max_users is None else np.arange(min(params.eval_max_users, len(train_histories)))
+    eval_users = sample_users(len(train_histories), params.eval_max_users, params.seed)
     eval_hist = [train_histories[i] for i in eval_users.tolist()]
 
     def step(rows: np.ndarray):

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from semid_pipeline.core.metrics import ndcg_at_k, recall_at_k
+from semid_pipeline.core.metrics import ndcg_at_k, recall_at_k, sample_users
 from semid_pipeline.core.progress import ProgressFn
 from semid_pipeline.core.recommender.beam import recommend
 from semid_pipeline.core.recommender.data import LengthBucketSampler, PackedRows, build_training_rows
@@ -109,9 +109,7 @@ def prepare_training_data(
         raise ValueError("no training targets: every user has fewer than two training items")
     sampler = LengthBucketSampler(rows.lengths, tp.batch_size, seed=tp.seed)
 
-    eval_users = np.arange(n_users)
-    if tp.eval_max_users is not None and tp.eval_max_users < n_users:
-        eval_users = np.sort(np.random.default_rng(tp.seed).choice(n_users, tp.eval_max_users, replace=False))
+    eval_users = sample_users(n_users, tp.eval_max_users, tp.seed)
     eval_histories = [valid_histories[u] for u in eval_users]
     eval_targets = np.asarray(valid_targets, dtype=np.int64)[eval_users]
     return TrainingData(vocab, trie, user_ids, rows, sampler, eval_users, eval_histories, eval_targets)

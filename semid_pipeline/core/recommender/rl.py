@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from semid_pipeline.core.metrics import ndcg_at_k, recall_at_k
+from semid_pipeline.core.metrics import ndcg_at_k, recall_at_k, sample_users
 from semid_pipeline.core.progress import ProgressFn
 from semid_pipeline.core.recommender.beam import recommend
 from semid_pipeline.core.recommender.data import build_inference_rows
@@ -290,9 +290,7 @@ def train_grpo(
     query_target = np.asarray([train_histories[u][-1] for u in queries], dtype=np.int64)
     rows = build_inference_rows(query_hist, vocab.user_tokens(user_ids[queries]), item_tokens, policy.params.max_history_items)
 
-    eval_users = np.arange(n_users)
-    if p.eval_max_users is not None and p.eval_max_users < n_users:
-        eval_users = np.sort(np.random.default_rng(p.seed).choice(n_users, p.eval_max_users, replace=False))
+    eval_users = sample_users(n_users, p.eval_max_users, p.seed)
     eval_hist = [np.asarray(train_histories[u], dtype=np.int64) for u in eval_users]
     eval_targets = np.asarray(valid_targets, dtype=np.int64)[eval_users]
 

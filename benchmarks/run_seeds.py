@@ -228,9 +228,15 @@ def run_seeds(
         test = {m: s.get("test", {}).get("recall@10") for m, s in result["metrics"].items()}
         print(f"[run_seeds] seed {seed} done in {result['wall_seconds']:.0f} s: test R@10 {test}; rescore agree {check['agree']}", flush=True)
         results.append(result)
-        summary = summarize(name, dataset, seeds[: i + 1], results)  # rewritten after every seed: partial results survive
-        (out_dir / f"{name}-summary.json").write_text(json.dumps(summary, indent=2, default=str))
-        (out_dir / f"{name}-summary.md").write_text(summary_markdown(summary))
+        write_summary(name, dataset, seeds[: i + 1], results, out_dir)  # rewritten after every seed: partial results survive
+    return write_summary(name, dataset, seeds, results, out_dir)
+
+
+def write_summary(name: str, dataset: str, seeds: list[int], results: list[dict], out_dir: Path) -> dict:
+    """``<name>-summary.{json,md}`` of the seeds' results (run now or read back with ``--resume``)."""
+    summary = summarize(name, dataset, seeds, results)
+    (out_dir / f"{name}-summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    (out_dir / f"{name}-summary.md").write_text(summary_markdown(summary))
     return summary
 
 

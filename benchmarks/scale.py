@@ -6,13 +6,16 @@ For each size: the synthetic scale shop (``core/data/scale.py``, seed 0) is gene
 ``--data-root/scale-<N>/`` (items + interactions Parquet and a datasets file declaring
 ``scale-<N>`` in the generic format), then the graph runs in a fresh child process (so each size's
 memory is its own) with ``SEMID_DATASETS_FILE`` naming that file and the run config
-:func:`recipe` gives for the size. The child records, per step: wall seconds (Dagster's step
+:func:`recipe` gives for the size; above 20,000 items every step runs in a fresh process of its own
+(``--process-per-step``), as Dagster's multiprocess and k8s executors run them, so a step's memory
+is its own and the whole run's peak is the largest step's. The child records, per step: wall seconds (Dagster's step
 events), CPU seconds of the process (less sensitive to a shared machine's load), peak RSS (a sampler thread reads the kernel's high-water mark ``VmHWM`` every 0.1 s and
 resets it, so each sample is the true peak of its interval), and rows/s (items for catalog steps,
 interactions for the rest); plus the evaluation's test Recall@10 / NDCG@10 per model, overall and
 on cold targets where the evaluation reports them, and the epochs each trainer reached.
 
-Writes ``<out>/scale-<N>.json`` per size, ``<out>/scale.json`` (all sizes) and ``<out>/scale.png``
+Writes ``<out>/scale-<N>.json`` per size, ``<out>/scale.json`` (every size measured into ``<out>``, this
+run's and earlier runs') and ``<out>/scale.png``
 (log-log seconds per step against catalog size). The steps run: the recommendation graph
 (``--select``); LLM enrichment stages keep their defaults (off without an LLM), retrieval and
 explanations are left out.
@@ -58,7 +61,7 @@ def recipe(n_items: int) -> Dict[str, Any]:
     SASRec-CE (full softmax) as the baseline, trained for fixed epochs, every user scored. Above it:
     ``configs/scale_large.yaml``, the configuration a user should start from at that size (sampled-softmax
     SASRec, validation on 2,000 seeded users, evaluation on a seeded sample of 10,000 users, time-capped
-    training whose epochs reached are recorded, tags generated only for a 2,000-item accuracy sample)."""
+    training whose epochs reached are recorded) and the static text encoder (:func:`text_encoder`)."""
     if n_items > LARGE_FROM:
         import yaml
 
@@ -78,6 +81,54 @@ def recipe(n_items: int) -> Dict[str, Any]:
             "generative_recommendations": {"config": {"decoding": "exact"}},
         }
     }
+
+
+def step_groups(select: str) -> List[tuple]:
+    """``[(op, [asset keys of the selection it materializes]), ...]`` in dependency order: the steps of
+    the selection, one per op (a multi-asset's tables are one step)."""
+    from semid_pipeline.definitions import all_assets
+
+    chosen = set(select.split(","))
+    owner = {k.to_user_string(): a.op.name for a in all_assets for k in a.keys}
+    keys_of: Dict[str, List[str]] = {}
+    ups: Dict[str, set] = {}
+    for a in all_assets:
+        selected = [k.to_user_string() for k in a.keys if k.to_user_string() in chosen]
+        if selected:
+            keys_of[a.op.name] = selected
+            ups[a.op.name] = {owner[u.to_user_string()] for deps in a.asset_deps.values() for u in deps if u.to_user_string() in owner}
+    order: List[str] = []
+    while len(order) < len(keys_of):
+        ready = sorted(op for op in keys_of if op not in order and not (ups[op] & set(keys_of)) - set(order) - {op})
+        if not ready:
+            raise ValueError(f"dependency cycle among {sorted(set(keys_of) - set(order))}")
+        order.extend(ready)
+    return [(op, keys_of[op]) for op in order]
+
+
+def merge_steps(parts: List[Dict[str, Any]], n_items: int) -> Dict[str, Any]:
+    """One size's record from its per-step child records (process per step)."""
+    steps = {k: v for part in parts for k, v in part["steps"].items()}
+    record = {**parts[-1], "n_items": n_items, "steps": steps, "process_per_step": True,
+              "success": all(p["success"] for p in parts),
+              "wall_seconds": round(sum(p["wall_seconds"] for p in parts), 1),
+              "wall_seconds_with_process_starts": round(sum(p["process_seconds"] for p in parts), 1),
+              "peak_rss_mb": max(p["peak_rss_mb"] for p in parts),
+              "slowest_step": max(steps, key=lambda k: steps[k]["seconds"]) if steps else None,
+              "training": {k: v for p in parts for k, v in p.get("training", {}).items()},
+              "config": recipe(n_items)}
+    for p in parts:  # the evaluation step's metrics (earlier steps report none)
+        if p.get("metrics") and "error" not in p["metrics"]:
+            record["metrics"] = p["metrics"]
+    return record
+
+
+def text_encoder(n_items: int) -> Dict[str, Any]:
+    """The text-encoder settings for a catalog of ``n_items`` (``SEMID_TEXT_ENCODER_OPTIONS`` of the child run):
+    the transformer up to ``LARGE_FROM`` items, above it the static table distilled from the same model (the
+    transformer embeds about 150 texts/s on one core here: hours at 10^6 items, twice, for tags and embeddings).
+    An operator's own ``SEMID_TEXT_ENCODER_OPTIONS`` wins."""
+    return {"kind": "static"} if n_items > LARGE_FROM else {}
 
 
 class PeakSampler(threading.Thread):
@@ -120,13 +171,16 @@ class PeakSampler(threading.Thread):
         return round(at(end) - at(start), 2)
 
 
-def run_one(n_items: int, data_root: Path, out: Path, select: str) -> Dict[str, Any]:
-    """Runs the graph on ``scale-<n_items>`` in this process (the child) and writes its JSON."""
+def run_one(n_items: int, data_root: Path, out: Path, select: str, part: str | None = None) -> Dict[str, Any]:
+    """Runs ``select`` on ``scale-<n_items>`` in this process (the child) and writes its JSON
+    (``<out>/scale-<N>.json``, or ``<out>/parts/scale-<N>-<part>.json`` for one step of a process-per-step run)."""
     name = f"scale-{n_items}"
     summary = json.loads((data_root / name / "summary.json").read_text())
     record = profile_run(name, recipe(n_items), data_root / name / "run", select, summary)
     record["n_items"] = n_items
-    (out / f"{name}.json").write_text(json.dumps(record, indent=2, default=str))
+    path = out / f"{name}.json" if part is None else out / "parts" / f"{name}-{part}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2, default=str))
     return record
 
 
@@ -180,6 +234,7 @@ def profile_run(name: str, config: Dict[str, Any], run_dir: Path, select: str, s
         "steps": steps, "slowest_step": max(steps, key=lambda k: steps[k]["seconds"]) if steps else None,
         "metrics": metrics, "training": training, "config": config, "load_at_end": os.getloadavg(),
         "threads": os.environ.get("SEMID_NUM_THREADS"), "affinity": sorted(os.sched_getaffinity(0)),
+        "text_encoder_options": os.environ.get("SEMID_TEXT_ENCODER_OPTIONS", "{}"),
     }
 
 
@@ -210,19 +265,24 @@ def plot(records: List[Dict[str, Any]], path: Path) -> None:
 
 def main(argv: List[str] | None = None) -> List[Dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000],
+                        help="catalog sizes to run; none (a bare --sizes): only rebuild scale.json and the plot from --out")
     parser.add_argument("--data-root", default=str(REPO / "benchmarks" / "results" / "data" / "scale"))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "scale"))
     parser.add_argument("--select", default=SELECT)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)  # run one size in this process
+    parser.add_argument("--part", help=argparse.SUPPRESS)  # the child runs one step of a process-per-step run
+    parser.add_argument("--process-per-step", choices=("auto", "yes", "no"), default="auto",
+                        help="run every step in a fresh process, as the multiprocess / k8s executors do (auto: above "
+                        f"{LARGE_FROM:,} items), so one step's memory is not the next step's floor")
     parser.add_argument("--profile", help="instead: per-step seconds / peak RSS of this declared dataset (e.g. amazon-beauty)")
     parser.add_argument("--config", help="--profile: the run config (YAML, Dagster 'ops' layout)")
     args = parser.parse_args(argv)
     data_root, out = Path(args.data_root), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.child:
-        return [run_one(args.child, data_root, out, args.select)]
+        return [run_one(args.child, data_root, out, args.select, args.part)]
     if args.profile:
         import yaml
 
@@ -239,16 +299,46 @@ def main(argv: List[str] | None = None) -> List[Dict[str, Any]]:
         if not (folder / "summary.json").exists():
             scale.main(["--items", str(n), "--out", str(folder), "--seed", str(args.seed)])
         env = {**os.environ, "SEMID_DATASETS_FILE": str(folder / "datasets.yaml"), "DAGSTER_HOME": str(folder / "home")}
+        env.setdefault("SEMID_TEXT_ENCODER_OPTIONS", json.dumps(text_encoder(n)))
         (folder / "home").mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, __file__, "--child", str(n), "--data-root", str(data_root), "--out", str(out), "--select", args.select]
-        print(f"scale {n:,} items: running the graph ...", flush=True)
-        subprocess.run(cmd, env=env, check=False)
+        per_step = args.process_per_step == "yes" or (args.process_per_step == "auto" and n > LARGE_FROM)
+        base = [sys.executable, __file__, "--child", str(n), "--data-root", str(data_root), "--out", str(out)]
+        print(f"scale {n:,} items: running the graph{' (a process per step)' if per_step else ''} ...", flush=True)
         path = out / f"scale-{n}.json"
+        if per_step:
+            parts = []
+            for stale in (out / "parts").glob(f"scale-{n}-*.json"):
+                stale.unlink()
+            for op, keys in step_groups(args.select):
+                t0 = time.time()
+                subprocess.run(base + ["--select", ",".join(keys), "--part", op], env=env, check=False)
+                part_path = out / "parts" / f"scale-{n}-{op}.json"
+                if not part_path.exists():
+                    print(f"scale {n:,}: step {op} wrote no record; stopping", flush=True)
+                    break
+                part = json.loads(part_path.read_text())
+                part["process_seconds"] = round(time.time() - t0, 1)
+                parts.append(part)
+                if not part["success"]:
+                    print(f"scale {n:,}: step {op} failed; stopping", flush=True)
+                    break
+            if parts:
+                path.write_text(json.dumps(merge_steps(parts, n), indent=2, default=str))
+        else:
+            subprocess.run(base + ["--select", args.select], env=env, check=False)
         if path.exists():
             record = json.loads(path.read_text())
             record["generate"] = json.loads((folder / "summary.json").read_text())
+            path.write_text(json.dumps(record, indent=2, default=str))
             records.append(record)
             print(json.dumps({k: record[k] for k in ("n_items", "success", "wall_seconds", "peak_rss_mb", "slowest_step")}), flush=True)
+    # scale.json and the plot cover every size measured into --out, this invocation's and earlier ones'
+    done = {r["n_items"] for r in records}
+    for path in out.glob("scale-*.json"):
+        record = json.loads(path.read_text())
+        if isinstance(record, dict) and record.get("n_items") not in done and record.get("success"):
+            records.append(record)
+    records.sort(key=lambda r: r["n_items"])
     (out / "scale.json").write_text(json.dumps(records, indent=2, default=str))
     if records:
         plot(records, out / "scale.png")

@@ -39,7 +39,7 @@ ASSET_MODULES = [ingestion, preprocessing, tags, captions, image_embeddings, des
 
 def text_encoder_settings() -> dict:
     """The text encoder of this environment: ``SEMID_TEXT_ENCODER`` (model) and ``SEMID_TEXT_ENCODER_OPTIONS``
-    (a JSON object of the other ``TextEncoderParams`` fields, e.g. ``{"precision": "bf16"}``); a bad value or
+    (a JSON object of the other ``TextEncoderParams`` fields, e.g. ``{"kind": "static"}``); a bad value or
     an unknown key is refused naming the variable."""
     raw = os.environ.get("SEMID_TEXT_ENCODER_OPTIONS", "").strip() or "{}"
     try:

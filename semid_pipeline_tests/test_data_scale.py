@@ -101,3 +101,27 @@ def test_cli_writes_generic_files_and_a_datasets_entry(tmp_path, capsys):
     entry = yaml.safe_load((tmp_path / "datasets.yaml").read_text())["datasets"]["scale-1000"]
     assert entry["format"] == "generic" and entry["options"]["items"] == "items.parquet"
     assert json.loads((tmp_path / "summary.json").read_text())["n_interactions"] == len(inter)
+
+
+def test_scale_benchmark_runs_steps_in_dependency_order_one_op_each():
+    """benchmarks/scale.py's process-per-step mode: every step after the steps it reads, a multi-asset once."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import scale
+
+    from semid_pipeline.definitions import all_assets
+
+    groups = scale.step_groups(scale.SELECT)
+    position = {op: i for i, (op, _) in enumerate(groups)}
+    assert sorted(k for _, keys in groups for k in keys) == sorted(scale.SELECT.split(","))
+    assert sorted(dict(groups)["prepared_dataset"]) == ["interactions", "items", "user_sequences"]
+    owner = {k.to_user_string(): a.op.name for a in all_assets for k in a.keys}
+    for a in all_assets:
+        if a.op.name in position:
+            for deps in a.asset_deps.values():
+                for up in deps:
+                    if owner.get(up.to_user_string()) in position and owner[up.to_user_string()] != a.op.name:
+                        assert position[owner[up.to_user_string()]] < position[a.op.name], (up, a.op.name)
+    assert scale.text_encoder(10_000) == {} and scale.text_encoder(100_000) == {"kind": "static"}

@@ -145,6 +145,17 @@ def test_teacher_targets_and_distillation_loss_match_brute_force():
     np.testing.assert_array_equal(items[3], top.indices.numpy())
     np.testing.assert_allclose(probs[3].astype(np.float32), torch.softmax(top.values, 0).numpy(), atol=1e-3)
     np.testing.assert_array_equal(position_index(np.array([2, 3]), np.array([1, 0])), [2, 3, 4, 0, 1])
+    # a score budget of two positions at a time (memory bounded at any catalogue size) changes nothing
+    import semid_pipeline.core.recommender.parallel_train as pt
+
+    budget = pt.SCORE_BUDGET
+    try:
+        pt.SCORE_BUDGET = 2 * N
+        chunked = teacher_top_items(teacher, x.numpy(), top_k=5, temperature=2.0, batch_size=2)
+    finally:
+        pt.SCORE_BUDGET = budget
+    np.testing.assert_array_equal(chunked[0], items)
+    np.testing.assert_array_equal(chunked[1], probs)
 
     torch.manual_seed(0)
     model = ParallelRecommender(sids, 8, small(distill_weight=0.3))
@@ -218,11 +229,12 @@ def test_fused_composed_cross_entropy_equals_unfused_value_and_gradient():
     torch.testing.assert_close(grad, 3.0 * ref_grad)
 
 
-@pytest.mark.parametrize("loss", ["per_digit", "item"])
-def test_both_losses_learn_the_chains(loss):
+@pytest.mark.parametrize("loss,extra", [("per_digit", {}), ("item", {}), ("per_digit", {"item_id_embedding": True, "sparse_embeddings": True})])
+def test_both_losses_learn_the_chains(loss, extra):
     sids = opq_like_sids()
     train, valid, test = chain_data(n_users=200)
-    res = train_parallel(sids, train, valid, small(loss=loss), codebook_size=8)
+    res = train_parallel(sids, train, valid, small(loss=loss, **extra), codebook_size=8)
+    assert res.model.item_emb is None or res.model.item_emb.sparse == bool(extra)
     assert res.history[-1]["loss"] < res.history[0]["loss"]
     hist = [np.append(t, v) for t, v in zip(train, valid)]
     items, scores = recommend_exact(res.model, sids, hist, 10)

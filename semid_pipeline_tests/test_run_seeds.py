@@ -64,3 +64,9 @@ def test_resume_reads_back_finished_seeds_and_runs_only_the_rest(tmp_path, monke
     ran.clear()
     run_seeds.run_seeds("demo", {}, "n", [0, 1], root, out, resume=True)
     assert [stem for stem, _ in ran] == ["n-seed0"]
+    # every seed already finished (e.g. run on two cores apart): the summary is written from the files alone
+    ran.clear()
+    (out / "n-summary.json").unlink()
+    summary = run_seeds.run_seeds("demo", {}, "n", [0, 1], root, out, resume=True)
+    assert ran == [] and summary["metrics"]["m"]["test"]["recall@10"]["per_seed"] == [0.1, 0.11]
+    assert json.loads((out / "n-summary.json").read_text())["seeds"] == [0, 1]

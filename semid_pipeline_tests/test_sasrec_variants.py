@@ -130,6 +130,7 @@ def test_default_config_keeps_the_full_softmax_model_bit_for_bit():
         {"block": "gated", "loss": "sampled", "n_negatives": 16},
         {"loss": "sampled", "negative_sampling": "popularity", "logq_correction": True, "n_negatives": 16, "negatives_per_position": True},
         {"loss": "sampled", "negative_sampling": "in_batch", "logq_correction": True},
+        {"loss": "sampled", "negative_sampling": "in_batch", "logq_correction": True, "sparse_embeddings": True},
     ],
 )
 def test_variants_learn_the_next_item_rule_and_round_trip(variant, tmp_path):

@@ -38,6 +38,25 @@ def test_opq_codes_are_nearest_subspace_centroids_and_reconstruct():
     assert float(model.codebooks[1, :, :4].abs().sum()) == 0.0
 
 
+def test_opq_fits_on_a_seeded_sample_and_codes_every_item():
+    x, _ = synthetic(n=600, dim=24)
+    small = OPQParams(pq_digits=4, pq_codebook_size=16, pca_dim=16, opq_iters=2, pq_iters=10, seed=3, opq_max_train_items=200)
+    a, b = fit_opq(x, small), fit_opq(x, small)
+    torch.testing.assert_close(a.centroids, b.centroids)  # same seed, same sample
+    other = fit_opq(x, small.model_copy(update={"seed": 4}))
+    assert not torch.equal(a.pca_a, other.pca_a)  # a different sample
+    full = fit_opq(x, small.model_copy(update={"opq_max_train_items": None}))
+    assert not torch.equal(a.pca_a, full.pca_a)
+    codes = a.quantize(x).codes
+    assert codes.shape == (600, 4)
+    # fitted on a third of the items, it still reconstructs the rest nearly as well as fitting on all
+    z = a.prepare_input(x)
+    err = (z - a.quantize(x).quantized.sum(1)).pow(2).sum(-1).mean() / z.pow(2).sum(-1).mean()
+    z_full = full.prepare_input(x)
+    err_full = (z_full - full.quantize(x).quantized.sum(1)).pow(2).sum(-1).mean() / z_full.pow(2).sum(-1).mean()
+    assert err < 1.25 * err_full
+
+
 def test_opq_rejects_bad_shapes():
     x, _ = synthetic(n=300, dim=24)
     with pytest.raises(ValueError, match="multiple of pq_digits"):

@@ -47,8 +47,17 @@ def item_text_embeddings(
         item_captions if config.include_captions else None,
         item_intent_descriptors if config.include_descriptors else None,
     )
-    emb = text_encoder.get().encode(texts, progress=context.log.info)
-    metadata: dict = {"text_dim": int(emb.shape[1])}
+    encoder = text_encoder.get()
+    emb = encoder.encode(texts, progress=context.log.info)
+    stats = encoder.last_stats
+    metadata: dict = {
+        "text_dim": int(emb.shape[1]),
+        "text_encoder": encoder.describe(),
+        "distinct_texts": stats.get("distinct_texts", len(texts)),
+        "text_encoding_seconds": stats.get("seconds", 0.0),
+    }
+    if "texts_without_known_tokens" in stats:
+        metadata["texts_without_known_tokens"] = stats["texts_without_known_tokens"]
     ok = item_image_embeddings[item_image_embeddings["status"] == "ok"] if len(item_image_embeddings) else item_image_embeddings
     if config.fuse_images and len(ok):
         by_idx = dict(zip(ok["item_idx"].tolist(), ok["embedding"].tolist()))
@@ -79,7 +88,7 @@ def item_text_embeddings(
         {
             "dim": int(emb.shape[1]),
             "n_items": len(df),
-            "model": text_encoder.model,
+            "model": encoder.describe(),
             "items_with_caption": int(n_cap),
             "items_with_descriptors": int(n_desc),
             "example_text": texts[0] if texts else "",

@@ -58,7 +58,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as torch_mp
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -107,10 +107,47 @@ def optimizer_step(
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip > 0:
-        nn.utils.clip_grad_norm_(params, grad_clip)
+        clip_gradients(params, grad_clip)
     optimizer.step()
     if schedule is not None:
         schedule.step()
+
+
+def clip_gradients(params: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Clips the global gradient norm to ``max_norm`` (``clip_grad_norm_``), sparse gradients (row-sparse
+    embedding tables) included: they are coalesced and their stored values count once."""
+    params = [p for p in params if p.grad is not None]
+    if not any(p.grad.is_sparse for p in params):
+        return nn.utils.clip_grad_norm_(params, max_norm)
+    squares = []
+    for p in params:
+        if p.grad.is_sparse:
+            p.grad = p.grad.coalesce()
+            squares.append(p.grad.values().float().pow(2).sum())
+        else:
+            squares.append(p.grad.float().pow(2).sum())
+    total = torch.stack(squares).sum().sqrt()
+    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for p in params:
+        p.grad.mul_(coef.to(p.grad.dtype))
+    return total
+
+
+class SparseAwareAdamW(torch.optim.Optimizer):
+    """AdamW for the dense parameters and a lazy Adam (``torch.optim.SparseAdam``: only the rows a step
+    touches are read and written) for embedding tables with sparse gradients, under one set of param
+    groups (the lr schedule sets both). The item tables of a large catalogue then cost each step what
+    the batch touches, not the catalogue; they get no weight decay (SparseAdam has none)."""
+
+    def __init__(self, dense_groups: List[Dict[str, Any]], sparse_params: List[torch.Tensor], lr: float):
+        self._dense = torch.optim.AdamW(dense_groups, lr=lr)
+        self._sparse = torch.optim.SparseAdam(sparse_params, lr=lr)
+        super().__init__(self._dense.param_groups + self._sparse.param_groups, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        self._dense.step()
+        self._sparse.step()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,6 +199,18 @@ class OptimParams(StrictParams):
     dist_timeout_minutes: float = Field(
         30.0, gt=0, description="Collective timeout of the data-parallel ranks (they wait for rank 0's validation)."
     )
+    sparse_embeddings: bool = Field(
+        False,
+        description="Per-item embedding tables (SASRec's with loss 'sampled', the parallel model's item-ID input) get "
+        "row-sparse gradients and a lazy Adam: a step updates the rows it touches, so its cost stops growing with the "
+        "catalogue (no weight decay on those tables). For 10^5+ item catalogues; one process (world_size 1).",
+    )
+
+    @model_validator(mode="after")
+    def _sparse_in_one_process(self):
+        if self.sparse_embeddings and self.world_size > 1:
+            raise ValueError("sparse_embeddings runs in one process: set world_size 1 (sparse gradients are not all-reduced)")
+        return self
 
 
 def start_run(params: OptimParams) -> torch.device:
@@ -182,11 +231,16 @@ def start_run(params: OptimParams) -> torch.device:
     return device
 
 
-def adamw(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW with weight decay on weight matrices and embeddings only (not on biases / norms)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+def adamw(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW with weight decay on weight matrices and embeddings only (not on biases / norms); the
+    tables of ``nn.Embedding(sparse=True)`` modules go to a lazy Adam (:class:`SparseAwareAdamW`)."""
+    sparse = {id(m.weight): m.weight for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse and m.weight.requires_grad}
+    dense = [p for p in model.parameters() if p.requires_grad and id(p) not in sparse]
+    groups = [{"params": [p for p in dense if p.ndim >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in dense if p.ndim < 2], "weight_decay": 0.0}]
+    if sparse:
+        return SparseAwareAdamW(groups, list(sparse.values()), lr)
+    return torch.optim.AdamW(groups, lr=lr)
 
 
 def autocast(device: torch.device, mixed_precision: Union[bool, str]):
@@ -280,6 +334,11 @@ def fit(
     budget_s = params.max_train_minutes * 60 if params.max_train_minutes is not None else None
     deadline = started + budget_s if budget_s is not None else math.inf
     optimizer = optimizer or adamw(model, params.lr, params.weight_decay)
+    if params.sparse_embeddings and not isinstance(optimizer, SparseAwareAdamW):
+        raise ValueError(f"{name or 'this trainer'}: sparse_embeddings is on but the model has no per-item embedding table "
+                         "(SASRec with loss 'sampled', or the parallel model with item_id_embedding)")
+    if parallel and isinstance(optimizer, SparseAwareAdamW):
+        raise ValueError("sparse_embeddings runs in one process; this run has several ranks (torchrun?): turn one of them off")
     if steps_per_epoch and parallel:
         steps_per_epoch = math.ceil(steps_per_epoch / world)
     total_steps = params.epochs * steps_per_epoch if steps_per_epoch else None

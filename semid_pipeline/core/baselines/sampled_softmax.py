@@ -27,7 +27,7 @@ product, the fast choice, as in TensorFlow's ``sampled_softmax_loss``) or drawn 
 """
 
 import math
-from typing import Literal, Optional, Tuple
+from typing import Callable, Literal, Optional, Tuple
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ def sampled_softmax_cross_entropy(
     targets: torch.Tensor,
     negatives: torch.Tensor,
     log_q: Optional[torch.Tensor] = None,
+    rows: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
 ) -> torch.Tensor:
     """Mean sampled-softmax cross-entropy of ``hidden [T, d]`` against ``targets [T]``.
 
@@ -51,18 +52,21 @@ def sampled_softmax_cross_entropy(
         negatives: ``[M]`` items shared by every row, or ``[T, M]`` per row.
         log_q: ``log(M Q(j))`` of each negative (same shape as ``negatives``), subtracted from its
             logit; ``None``: no correction.
+        rows: how item rows are read (``idx -> [*idx.shape, d]``); default ``weight[idx]``. A sparse
+            embedding lookup here keeps the table's gradient row-sparse.
     """
+    rows = rows or (lambda idx: weight[idx])
     if hidden.shape[0] == 0:
         raise ValueError("no targets to score")
     if negatives.ndim not in (1, 2) or (negatives.ndim == 2 and negatives.shape[0] != hidden.shape[0]):
         raise ValueError(f"negatives must be [M] or [T={hidden.shape[0]}, M], got {tuple(negatives.shape)}")
     if log_q is not None and log_q.shape != negatives.shape:
         raise ValueError(f"log_q {tuple(log_q.shape)} must have the shape of negatives {tuple(negatives.shape)}")
-    positive = (hidden * weight[targets]).sum(-1, keepdim=True)  # [T, 1]
+    positive = (hidden * rows(targets)).sum(-1, keepdim=True)  # [T, 1]
     if negatives.ndim == 1:
-        negative = hidden @ weight[negatives].T  # [T, M]
+        negative = hidden @ rows(negatives).T  # [T, M]
     else:
-        negative = torch.bmm(weight[negatives], hidden.unsqueeze(-1)).squeeze(-1)  # [T, M, d] x [T, d, 1]
+        negative = torch.bmm(rows(negatives), hidden.unsqueeze(-1)).squeeze(-1)  # [T, M, d] x [T, d, 1]
     negative = negative.float()
     if log_q is not None:
         negative = negative - log_q.to(negative.dtype)

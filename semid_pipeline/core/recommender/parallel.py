@@ -221,7 +221,9 @@ class ParallelRecommender(nn.Module, Artifact):
         d = params.d_model
         self.register_buffer("sids", sids.clone())
         self.digit_emb = nn.Parameter(torch.randn(self.n_digits, self.codebook_size, d) * 0.02)
-        self.item_emb = nn.Embedding(self.n_items + 1, d, padding_idx=PAD) if params.item_id_embedding else None
+        self.item_emb = (
+            nn.Embedding(self.n_items + 1, d, padding_idx=PAD, sparse=params.sparse_embeddings) if params.item_id_embedding else None
+        )
         self.pos_emb = nn.Embedding(params.max_len, d)
         self.emb_drop = nn.Dropout(params.dropout)
         self.blocks = nn.ModuleList(PreLNBlock(d, params.n_heads, params.d_ff, params.dropout, "gelu") for _ in range(params.n_layers))

@@ -31,7 +31,7 @@ from pydantic import Field
 
 from semid_pipeline.core.params import StrictParams
 from semid_pipeline.core.progress import ProgressFn, Throttle
-from semid_pipeline.core.recommender.data import sorted_batches
+from semid_pipeline.core.recommender.data import SCORE_BUDGET, sorted_batches
 from semid_pipeline.core.recommender.parallel import ParallelRecommender, catalog_tensor, flat_codes
 
 
@@ -108,9 +108,6 @@ def recommend_exact(
         done += len(rows)
         report(f"parallel exact scoring: {done:,}/{len(histories):,} users")
     return items, scores
-
-
-SCORE_BUDGET = 1 << 24  # scores held at once by exact scoring (64 MiB of float32), whatever the catalogue size
 
 
 def top_k_over_catalog(model: ParallelRecommender, table: torch.Tensor, cat: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -18,7 +18,7 @@ import torch
 
 from semid_pipeline.core.metrics import ndcg_at_k, recall_at_k, sample_users
 from semid_pipeline.core.progress import ProgressFn
-from semid_pipeline.core.recommender.data import LengthBucketSampler, ragged_arange
+from semid_pipeline.core.recommender.data import SCORE_BUDGET, LengthBucketSampler, ragged_arange
 from semid_pipeline.core.recommender.parallel import PAD, ParallelParams, ParallelRecommender
 from semid_pipeline.core.recommender.parallel_decode import recommend_exact
 from semid_pipeline.core.training import fit, launch, needs_launch, start_run
@@ -65,15 +65,22 @@ def teacher_top_items(teacher: Any, inputs: np.ndarray, top_k: int, temperature:
     ``P`` real positions of ``inputs`` in row-major order (``inputs[inputs != 0]``'s order): the
     ``M = top_k`` best items and their softmax probabilities (at ``temperature``) renormalised over
     those ``M``.
+
+    Memory is bounded whatever the catalogue size: positions are scored in chunks of about
+    ``SCORE_BUDGET`` scores (``SCORE_BUDGET // N`` positions at a time), as exact decoding does.
     """
     teacher.eval()
     parts_i, parts_p = [], []
+    n_items = int(getattr(teacher, "n_items", 0)) or None
     for start in range(0, len(inputs), batch_size):
         x = torch.from_numpy(inputs[start : start + batch_size]).to(teacher.device)
-        scores = teacher.item_scores(teacher(x)[x != PAD]).float() / temperature
-        top, idx = torch.topk(scores, min(top_k, scores.shape[1]), dim=1)
-        parts_i.append(idx.to(torch.int32).cpu().numpy())
-        parts_p.append(torch.softmax(top, dim=1).to(torch.float16).cpu().numpy())
+        hidden = teacher(x)[x != PAD]
+        step = max(1, SCORE_BUDGET // n_items) if n_items else len(hidden)
+        for lo in range(0, len(hidden), max(step, 1)):
+            scores = teacher.item_scores(hidden[lo : lo + step]).float() / temperature
+            top, idx = torch.topk(scores, min(top_k, scores.shape[1]), dim=1)
+            parts_i.append(idx.to(torch.int32).cpu().numpy())
+            parts_p.append(torch.softmax(top, dim=1).to(torch.float16).cpu().numpy())
     return np.concatenate(parts_i), np.concatenate(parts_p)
 
 

@@ -208,10 +208,15 @@ class SIDTokenizer(Artifact):
             recon = (x_hat - target).pow(2).sum(-1)
         else:
             z = self.quantizer.prepare_input(x)
-            qb = self.quantizer.quantize(z, batch_size, prepared=True)
-            codes, quantized, distances = qb.codes, qb.quantized, qb.distances
+            parts = []  # per batch only what is returned: codes, codewords, last-level distances (not every level's)
+            with torch.no_grad():
+                for i in range(0, max(z.shape[0], 1), batch_size):
+                    qb = self.quantizer.quantize_batch(z[i : i + batch_size])
+                    parts.append((qb.codes, qb.quantized, qb.distances[:, -1]))
+            codes, quantized, last = (torch.cat([p[j] for p in parts]) for j in range(3))
             recon = (z - quantized.sum(1)).pow(2).sum(-1)
-        last = distances[:, -1]
+        if isinstance(self.quantizer, RQVAE):
+            last = distances[:, -1]
         if with_residual_pq and self.residual_pq is not None:
             pq = self.residual_pq.quantize(self._residual(x, quantized.cpu(), batch_size))
             codes, last = torch.cat([codes.cpu(), pq.codes], 1), pq.distances[:, -1]

@@ -55,6 +55,11 @@ class OPQParams(StrictParams):
     pq_iters: int = Field(default=25, ge=1, description="k-means iterations of the final product quantizer per sub-space.")
     normalize_pq_input: bool = Field(default=True, description="L2-normalise the embeddings before PCA (also at encode time).")
     seed: int = Field(default=0, description="Seeds faiss k-means of the OPQ and PQ stages.")
+    opq_max_train_items: Optional[int] = Field(
+        default=None, ge=1,
+        description="Fit PCA, rotation and codebooks on a seeded sample of at most this many items (every item still "
+        "gets its codes); None = every item. Large catalogues: a few hundred points per code is what k-means needs.",
+    )
 
 
 @register_artifact
@@ -138,6 +143,10 @@ def fit_opq(embeddings: np.ndarray, params: OPQParams, progress: Optional[Progre
     throttle = Throttle(progress)
     if params.normalize_pq_input:
         x = np.ascontiguousarray(F.normalize(torch.from_numpy(x), dim=-1).numpy())
+    if params.opq_max_train_items is not None and n > params.opq_max_train_items:
+        rows = np.sort(np.random.default_rng(params.seed).choice(n, size=max(params.opq_max_train_items, k), replace=False))
+        throttle(f"opq: fitting on a seeded sample of {len(rows):,} of {n:,} items (opq_max_train_items)", force=True)
+        x, n = np.ascontiguousarray(x[rows]), len(rows)
     pca = faiss.PCAMatrix(dim, params.pca_dim, -0.5 if params.whiten else 0.0, False)
     pca.train(x)
     pca_a = faiss.vector_to_array(pca.A).reshape(params.pca_dim, dim).astype(np.float32)
@@ -169,7 +178,8 @@ def fit_opq(embeddings: np.ndarray, params: OPQParams, progress: Optional[Progre
     pq.train(zr)
     centroids = faiss.vector_to_array(pq.centroids).reshape(m, k, d // m).astype(np.float32)
     model = OPQ(torch.from_numpy(pca_a), torch.from_numpy(pca_b), torch.from_numpy(rotation), torch.from_numpy(centroids), params.normalize_pq_input)
-    q = model.quantize(torch.from_numpy(zr), prepared=True)
-    err = float((torch.from_numpy(zr) - q.quantized.sum(1)).pow(2).sum(-1).mean())
-    throttle(f"opq: {m} digits x {k} codes, reconstruction error {err:.4f} (latent energy {float((zr ** 2).sum(1).mean()):.4f})", force=True)
+    sample = zr[:: max(1, len(zr) // 100_000)]  # the training error on at most ~100k points: bounded time and memory
+    q = model.quantize(torch.from_numpy(np.ascontiguousarray(sample)), prepared=True)
+    err = float((torch.from_numpy(sample) - q.quantized.sum(1)).pow(2).sum(-1).mean())
+    throttle(f"opq: {m} digits x {k} codes, reconstruction error {err:.4f} (latent energy {float((sample ** 2).sum(1).mean()):.4f})", force=True)
     return model

@@ -71,9 +71,11 @@ class CentroidQuantizer(Artifact):
         parts = [self.quantize_batch(z[start : start + batch_size]) for start in range(0, max(z.shape[0], 1), batch_size)]
         return QuantizedBatch(*(torch.cat([getattr(p, f) for p in parts]) for f in QuantizedBatch._fields))
 
+    @torch.no_grad()
     def encode(self, x, batch_size: int = 8192) -> Tensor:
-        """Codes ``(N, L)`` int64."""
-        return self.quantize(x, batch_size).codes
+        """Codes ``(N, L)`` int64; only the codes of each batch are kept (memory linear in ``N * L``)."""
+        z = self.prepare_input(x)
+        return torch.cat([self.quantize_batch(z[start : start + batch_size]).codes for start in range(0, max(z.shape[0], 1), batch_size)])
 
     def encode_latent(self, x, batch_size: int = 8192) -> Tensor:
         """The prepared input itself: these quantizers have no learned encoder."""

@@ -112,7 +112,8 @@ def merge_steps(parts: List[Dict[str, Any]], n_items: int) -> Dict[str, Any]:
     record = {**parts[-1], "n_items": n_items, "steps": steps, "process_per_step": True,
               "success": all(p["success"] for p in parts),
               "wall_seconds": round(sum(p["wall_seconds"] for p in parts), 1),
-              "wall_seconds_with_process_starts": round(sum(p["process_seconds"] for p in parts), 1),
+              "wall_seconds_with_process_starts": (round(sum(p["process_seconds"] for p in parts), 1)
+                                                   if all("process_seconds" in p for p in parts) else None),
               "peak_rss_mb": max(p["peak_rss_mb"] for p in parts),
               "slowest_step": max(steps, key=lambda k: steps[k]["seconds"]) if steps else None,
               "training": {k: v for p in parts for k, v in p.get("training", {}).items()},
@@ -251,7 +252,11 @@ def plot(records: List[Dict[str, Any]], path: Path) -> None:
         xs = [r["n_items"] for r in records if key in r["steps"]]
         ys = [max(r["steps"][key]["seconds"], 0.01) for r in records if key in r["steps"]]
         ax.plot(xs, ys, marker="o", label=key)
-    ax.plot(sizes, [max(r["wall_seconds"], 0.01) for r in records], "k--", marker="s", label="whole graph")
+    done = [r for r in records if r["success"]]  # a partial run has no whole-graph time
+    ax.plot([r["n_items"] for r in done], [max(r["wall_seconds"], 0.01) for r in done], "k--", marker="s", label="whole graph")
+    for r in records:
+        if not r["success"]:
+            ax.annotate(f"stopped at {r.get('failed_step', {}).get('step', 'a failed step')}", (r["n_items"], 1.0), fontsize=7, ha="right")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("catalog size (items)")
@@ -336,7 +341,7 @@ def main(argv: List[str] | None = None) -> List[Dict[str, Any]]:
     done = {r["n_items"] for r in records}
     for path in out.glob("scale-*.json"):
         record = json.loads(path.read_text())
-        if isinstance(record, dict) and record.get("n_items") not in done and record.get("success"):
+        if isinstance(record, dict) and record.get("n_items") not in done and record.get("steps"):  # a partial run plots the steps it ran
             records.append(record)
     records.sort(key=lambda r: r["n_items"])
     (out / "scale.json").write_text(json.dumps(records, indent=2, default=str))

@@ -57,6 +57,17 @@ def test_opq_fits_on_a_seeded_sample_and_codes_every_item():
     assert err < 1.25 * err_full
 
 
+def test_tag_probe_on_a_seeded_item_sample():
+    x, paths = synthetic(n=400, dim=24)
+    full = train_tokenizer(x, TokenizerParams(**OPQ_SMALL), paths).tokenizer
+    messages = []
+    sampled = train_tokenizer(x, TokenizerParams(**OPQ_SMALL, probe_max_items=150), paths, progress=messages.append).tokenizer
+    assert any("150 of 400 items" in m for m in messages)
+    np.testing.assert_array_equal(sampled.encode(x).numpy(), full.encode(x).numpy())  # the SIDs do not depend on the probe
+    q = sampled.encode_full(x).quantized
+    assert sampled.heads_source == "probe" and sampled.predict_tags(q).shape[0] == 400  # heads still predict every item
+
+
 def test_opq_rejects_bad_shapes():
     x, _ = synthetic(n=300, dim=24)
     with pytest.raises(ValueError, match="multiple of pq_digits"):

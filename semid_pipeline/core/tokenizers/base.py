@@ -61,6 +61,11 @@ class TokenizerParams(RQVAEParams, SupervisionParams, OPQParams, CollaborativePa
     min_tag_items: int = Field(default=1, ge=1, description="Tags with fewer items count as missing (HiD-VAE appendix E filters < 30).")
     heldout_fraction: float = Field(default=0.1, ge=0.0, lt=1.0, description="Items whose tags are hidden from training, to measure tag accuracy.")
     probe_epochs: int = Field(default=30, ge=1, description="Epochs of the tag-classifier probe fitted on frozen codewords when the tokenizer was not trained with tag prediction.")
+    probe_max_items: Optional[int] = Field(
+        default=None, ge=1,
+        description="Fit the tag-classifier probe on a seeded sample of at most this many items (None: every item). "
+        "Large catalogues: the probe's input is every item's codewords (N x digits x dim) and its epochs run over all of them.",
+    )
     probe_max_hidden: Optional[int] = Field(
         default=512,
         ge=1,
@@ -406,9 +411,14 @@ def train_tokenizer(
     if vocab is not None and (heads is None or params.refit_epochs > 0):
         # classifiers on the final frozen codewords: a probe for tokenizers without tag prediction,
         # a refit of the jointly trained heads otherwise (their inputs moved during training)
-        q = tok.encode_full(raw, with_residual_pq=False).quantized
+        rows = np.arange(len(raw))
+        if params.probe_max_items is not None and len(raw) > params.probe_max_items:
+            rows = np.sort(np.random.default_rng(params.seed).choice(len(raw), size=params.probe_max_items, replace=False))
+            if progress is not None:
+                progress(f"tag probe: fitted on a seeded sample of {len(rows):,} of {len(raw):,} items (probe_max_items)")
+        q = tok.encode_full(raw[rows], with_residual_pq=False).quantized
         tok.heads = fit_probe_heads(
-            q, train_labels[:, : int(tok.quantizer.n_levels)], q.shape[-1], epochs=params.probe_epochs if heads is None else params.refit_epochs, seed=params.seed,
+            q, train_labels[rows][:, : int(tok.quantizer.n_levels)], q.shape[-1], epochs=params.probe_epochs if heads is None else params.refit_epochs, seed=params.seed,
             n_classes=[max(len(k), 1) for k in vocab.keys], init=heads, max_hidden=params.probe_max_hidden if heads is None else None,
         )
         tok.heads_source = "probe" if heads is None else "trained+refit"

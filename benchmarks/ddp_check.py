@@ -34,15 +34,20 @@ SELECT = "generative_recommender,generative_recommendations,evaluation"
 KEYS = ("recall@10", "ndcg@10", "recall@5", "ndcg@5")
 
 
+def trainer_config(run_config: dict) -> dict:
+    """The recommender trainer's own config block inside ``run_config`` (created when absent): the
+    ``parallel`` sub-block for ``kind: parallel`` (the default), the asset config itself for TIGER."""
+    rec = run_config.setdefault("ops", {}).setdefault("generative_recommender", {}).setdefault("config", {})
+    return rec.setdefault("parallel", {}) if rec.get("kind", "parallel") == "parallel" else rec
+
+
 def variant(run_config: dict, ranks: int, global_batch: int, epochs: int, seed: int) -> dict:
     """The run config with the recommender's data-parallel settings; only the selected ops keep config."""
     config = copy.deepcopy(run_config)
-    ops = {op: c for op, c in config.get("ops", {}).items() if op in SELECT.split(",")}
-    rec = ops.setdefault("generative_recommender", {}).setdefault("config", {})
-    inner = rec.setdefault(rec.get("kind", "parallel"), {}) if rec.get("kind", "parallel") == "parallel" else rec
-    inner.update({"world_size": ranks, "batch_size": global_batch // ranks, "epochs": epochs, "patience": epochs + 1,
+    config["ops"] = {op: c for op, c in config.get("ops", {}).items() if op in SELECT.split(",")}
+    trainer_config(config).update({"world_size": ranks, "batch_size": global_batch // ranks, "epochs": epochs, "patience": epochs + 1,
                   "max_train_minutes": None, "seed": seed})
-    return {**config, "ops": ops}
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default=None)
     args = parser.parse_args(argv)
     run_config = yaml.safe_load(Path(args.config).read_text()) or {}
-    rec = run_config.get("ops", {}).get("generative_recommender", {}).get("config", {})
-    global_batch = int((rec.get("parallel", {}) if rec.get("kind", "parallel") == "parallel" else rec).get("batch_size", 256))
+    global_batch = int(trainer_config(copy.deepcopy(run_config)).get("batch_size", 256))
     if global_batch % args.ranks:
         raise SystemExit(f"batch_size {global_batch} is not divisible by --ranks {args.ranks}")
     name = args.name or f"{args.dataset}-ddp-{args.ranks}ranks"

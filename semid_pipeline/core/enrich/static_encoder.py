@@ -24,7 +24,7 @@ positions for MiniLM); texts are truncated to ``max_tokens`` word pieces.
 The distilled table is cached as safetensors + JSON under ``cache_dir``, keyed by the model
 directory, the sizes and modification times of its files and this module's ``DISTILL_VERSION``, so
 a changed model is distilled again and a process that finds the cache never loads the transformer.
-Quality against the transformer on the scale benchmark's catalogues is measured by
+Speed and quality against the transformer on Amazon Beauty's item texts are measured by
 ``benchmarks/text_encoder_speed.py`` (docs/usage.md has the numbers): use it where the transformer
 would not finish, not where it would.
 """

@@ -54,7 +54,7 @@ class TextEncoderParams(StrictParams):
     kind: Literal["transformer", "static"] = Field(
         "transformer",
         description="'transformer': run the model on every text; 'static': a bag-of-tokens table distilled once from "
-        "the model (Model2Vec-style, cached), about 50x faster on a CPU at lower quality: for 10^5+ item catalogues.",
+        "the model (Model2Vec-style, cached), about 100x faster on a CPU at lower quality (docs/usage.md): for 10^5+ item catalogues.",
     )
     max_tokens: int = Field(256, ge=1, description="kind 'static': word pieces kept per text.")
     static_cache_dir: Optional[str] = Field(

@@ -75,8 +75,8 @@ def teacher_top_items(teacher: Any, inputs: np.ndarray, top_k: int, temperature:
     for start in range(0, len(inputs), batch_size):
         x = torch.from_numpy(inputs[start : start + batch_size]).to(teacher.device)
         hidden = teacher(x)[x != PAD]
-        step = max(1, SCORE_BUDGET // n_items) if n_items else len(hidden)
-        for lo in range(0, len(hidden), max(step, 1)):
+        step = max(1, SCORE_BUDGET // n_items if n_items else len(hidden))
+        for lo in range(0, len(hidden), step):
             scores = teacher.item_scores(hidden[lo : lo + step]).float() / temperature
             top, idx = torch.topk(scores, min(top_k, scores.shape[1]), dim=1)
             parts_i.append(idx.to(torch.int32).cpu().numpy())

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from semid_pipeline.core.artifacts import Artifact, register_artifact
 from semid_pipeline.core.device import configure_threads
+from semid_pipeline.core.metrics import sample_users
 from semid_pipeline.core.params import LimitError, check_limit
 from semid_pipeline.core.progress import ProgressFn
 from semid_pipeline.core.tokenizers.collaborative import CollaborativeInput, CollaborativeParams
@@ -411,11 +412,9 @@ def train_tokenizer(
     if vocab is not None and (heads is None or params.refit_epochs > 0):
         # classifiers on the final frozen codewords: a probe for tokenizers without tag prediction,
         # a refit of the jointly trained heads otherwise (their inputs moved during training)
-        rows = np.arange(len(raw))
-        if params.probe_max_items is not None and len(raw) > params.probe_max_items:
-            rows = np.sort(np.random.default_rng(params.seed).choice(len(raw), size=params.probe_max_items, replace=False))
-            if progress is not None:
-                progress(f"tag probe: fitted on a seeded sample of {len(rows):,} of {len(raw):,} items (probe_max_items)")
+        rows = sample_users(len(raw), params.probe_max_items, params.seed)  # the project's one seeded sample
+        if len(rows) < len(raw) and progress is not None:
+            progress(f"tag probe: fitted on a seeded sample of {len(rows):,} of {len(raw):,} items (probe_max_items)")
         q = tok.encode_full(raw[rows], with_residual_pq=False).quantized
         tok.heads = fit_probe_heads(
             q, train_labels[rows][:, : int(tok.quantizer.n_levels)], q.shape[-1], epochs=params.probe_epochs if heads is None else params.refit_epochs, seed=params.seed,

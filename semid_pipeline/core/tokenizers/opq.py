@@ -37,6 +37,7 @@ from pydantic import Field
 from torch import Tensor
 
 from semid_pipeline.core.artifacts import register_artifact
+from semid_pipeline.core.metrics import sample_users
 from semid_pipeline.core.params import StrictParams
 from semid_pipeline.core.progress import ProgressFn, Throttle
 from semid_pipeline.core.tokenizers.kmeans import check_embeddings
@@ -143,8 +144,8 @@ def fit_opq(embeddings: np.ndarray, params: OPQParams, progress: Optional[Progre
     throttle = Throttle(progress)
     if params.normalize_pq_input:
         x = np.ascontiguousarray(F.normalize(torch.from_numpy(x), dim=-1).numpy())
-    if params.opq_max_train_items is not None and n > params.opq_max_train_items:
-        rows = np.sort(np.random.default_rng(params.seed).choice(n, size=max(params.opq_max_train_items, k), replace=False))
+    if params.opq_max_train_items is not None and n > max(params.opq_max_train_items, k):
+        rows = sample_users(n, max(params.opq_max_train_items, k), params.seed)  # the project's one seeded sample
         throttle(f"opq: fitting on a seeded sample of {len(rows):,} of {n:,} items (opq_max_train_items)", force=True)
         x, n = np.ascontiguousarray(x[rows]), len(rows)
     pca = faiss.PCAMatrix(dim, params.pca_dim, -0.5 if params.whiten else 0.0, False)

@@ -124,6 +124,29 @@ def merge_steps(parts: List[Dict[str, Any]], n_items: int) -> Dict[str, Any]:
     return record
 
 
+def run_per_step(n_items: int, base: List[str], env: Dict[str, str], out: Path, select: str) -> Dict[str, Any] | None:
+    """Runs each step of ``select`` in a fresh child process (``base`` + ``--select <its keys> --part <op>``), in
+    dependency order, stopping at the first step that fails or writes no record; returns the merged record
+    (:func:`merge_steps`; ``success`` false when it stopped early), None when no step ran."""
+    parts = []
+    for stale in (out / "parts").glob(f"scale-{n_items}-*.json"):
+        stale.unlink()
+    for op, keys in step_groups(select):
+        t0 = time.time()
+        subprocess.run(base + ["--select", ",".join(keys), "--part", op], env=env, check=False)
+        part_path = out / "parts" / f"scale-{n_items}-{op}.json"
+        if not part_path.exists():
+            print(f"scale {n_items:,}: step {op} wrote no record (killed?); stopping", flush=True)
+            break
+        part = json.loads(part_path.read_text())
+        part["process_seconds"] = round(time.time() - t0, 1)
+        parts.append(part)
+        if not part["success"]:
+            print(f"scale {n_items:,}: step {op} failed; stopping", flush=True)
+            break
+    return merge_steps(parts, n_items) if parts else None
+
+
 def text_encoder(n_items: int) -> Dict[str, Any]:
     """The text-encoder settings for a catalog of ``n_items`` (``SEMID_TEXT_ENCODER_OPTIONS`` of the child run):
     the transformer up to ``LARGE_FROM`` items, above it the static table distilled from the same model (the
@@ -311,24 +334,9 @@ def main(argv: List[str] | None = None) -> List[Dict[str, Any]]:
         print(f"scale {n:,} items: running the graph{' (a process per step)' if per_step else ''} ...", flush=True)
         path = out / f"scale-{n}.json"
         if per_step:
-            parts = []
-            for stale in (out / "parts").glob(f"scale-{n}-*.json"):
-                stale.unlink()
-            for op, keys in step_groups(args.select):
-                t0 = time.time()
-                subprocess.run(base + ["--select", ",".join(keys), "--part", op], env=env, check=False)
-                part_path = out / "parts" / f"scale-{n}-{op}.json"
-                if not part_path.exists():
-                    print(f"scale {n:,}: step {op} wrote no record; stopping", flush=True)
-                    break
-                part = json.loads(part_path.read_text())
-                part["process_seconds"] = round(time.time() - t0, 1)
-                parts.append(part)
-                if not part["success"]:
-                    print(f"scale {n:,}: step {op} failed; stopping", flush=True)
-                    break
-            if parts:
-                path.write_text(json.dumps(merge_steps(parts, n), indent=2, default=str))
+            record = run_per_step(n, base, env, out, args.select)
+            if record is not None:
+                path.write_text(json.dumps(record, indent=2, default=str))
         else:
             subprocess.run(base + ["--select", args.select], env=env, check=False)
         if path.exists():

@@ -1,4 +1,7 @@
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -35,6 +38,36 @@ def test_failed_write_keeps_previous_output(tmp_path):
 def test_read_missing_table_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="semantic_ids"):
         storage.read_table(tmp_path, "semantic_ids", "demo")
+
+
+def test_embedding_columns_round_trip_by_row_group(tmp_path, monkeypatch):
+    """An embedding column is stored as fixed_size_list in row groups and read back group by group into
+    one matrix whose rows the column holds; ragged or null float lists still read the general way."""
+    monkeypatch.setattr(storage, "ROW_GROUP_ROWS", 4)
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(10, 3)).astype(np.float32)
+    wide = rng.normal(size=(10, 2))  # float64 stays float64
+    df = pd.DataFrame({"item_idx": np.arange(10), "embedding": list(emb), "wide": list(wide), "name": list("abcdefghij")})
+    path = storage.write_table(tmp_path, "item_text_embeddings", "demo", df)
+    file = pq.ParquetFile(path)
+    assert file.num_row_groups == 3
+    assert pa.types.is_fixed_size_list(file.schema_arrow.field("embedding").type)
+    back = storage.read_table(tmp_path, "item_text_embeddings", "demo")
+    assert list(back.columns) == ["item_idx", "embedding", "wide", "name"]
+    got = np.stack(back["embedding"].to_numpy())
+    assert got.dtype == np.float32 and np.array_equal(got, emb)
+    assert np.stack(back["wide"].to_numpy()).dtype == np.float64 and np.array_equal(np.stack(back["wide"].to_numpy()), wide)
+    assert back["embedding"].iloc[7].base is back["embedding"].iloc[2].base  # rows of one matrix, not per-row copies
+    q = storage.query(tmp_path, "select len(embedding) n, embedding[2] v from item_text_embeddings where item_idx = 5")
+    assert q["n"].tolist() == [3] and q["v"].iloc[0] == pytest.approx(float(emb[5, 1]))
+
+    ragged = pd.DataFrame({"item_idx": [0, 1, 2], "v": [np.array([1.0, 2.0]), np.array([3.0]), None]})
+    storage.write_table(tmp_path, "odd", "demo", ragged)
+    back = storage.read_table(tmp_path, "odd", "demo")
+    assert list(back["v"].iloc[0]) == [1.0, 2.0] and list(back["v"].iloc[1]) == [3.0] and back["v"].iloc[2] is None
+
+    empty = storage.write_table(tmp_path, "none", "demo", df.iloc[:0])
+    assert pq.read_table(empty).num_rows == 0 and storage.read_table(tmp_path, "none", "demo").empty
 
 
 @register_artifact

@@ -33,7 +33,7 @@ def sid_version(semantic_ids: pd.DataFrame) -> Optional[str]:
 
 def embedding_matrix(embeddings: pd.DataFrame) -> np.ndarray:
     """``[N, dim]`` float32 matrix of an ``embedding`` column, in ``item_idx`` order."""
-    return np.stack(item_column(embeddings, "embedding")).astype(np.float32)
+    return np.stack(item_column(embeddings, "embedding")).astype(np.float32, copy=False)
 
 
 def tag_paths_for(item_tags: pd.DataFrame, item_idx: Sequence[int]) -> List[list]:

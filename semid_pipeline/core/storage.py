@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Iterable
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -59,19 +60,48 @@ def model_dir(data_dir: str | os.PathLike, asset: str, dataset: str) -> Path:
     return Path(data_dir) / "models" / _check_name(asset) / f"dataset={dataset}"
 
 
+ROW_GROUP_ROWS = 65_536
+"""Rows per Parquet row group: a reader decodes one group at a time, so reading a 10^6-row table of
+384-dim vectors costs the table plus one group, not a second copy of the whole column."""
+
+
+def _vector_rows(values: np.ndarray) -> np.ndarray | None:
+    """``values`` (an object column) as one ``[n, dim]`` float matrix when every row is a 1-D float array of
+    the same length (an embedding column), else None."""
+    if not len(values) or not isinstance(values[0], np.ndarray) or values[0].ndim != 1 or values[0].dtype.kind != "f":
+        return None
+    dim = len(values[0])
+    if not all(isinstance(v, np.ndarray) and v.ndim == 1 and len(v) == dim for v in values):
+        return None
+    return np.stack(values).astype(values[0].dtype, copy=False)
+
+
 def to_arrow(df: pd.DataFrame | pa.Table) -> pa.Table:
+    """A table as Arrow. Embedding columns (every row a float array of one length) become
+    ``fixed_size_list<float>`` built from one stacked matrix: no per-row conversion, and a reader gets
+    the values as one contiguous buffer (:func:`read_table`)."""
     if isinstance(df, pa.Table):
         return df
-    return pa.Table.from_pandas(df, preserve_index=False)
+    vectors = {}
+    for name in df.columns:
+        if df[name].dtype == object:
+            matrix = _vector_rows(df[name].to_numpy())
+            if matrix is not None:
+                vectors[name] = pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
+    table = pa.Table.from_pandas(df.drop(columns=list(vectors)), preserve_index=False)
+    for name, column in vectors.items():
+        table = table.append_column(name, column)
+    return table.select([str(c) for c in df.columns])
 
 
 def write_table(data_dir: str | os.PathLike, table: str, dataset: str, df: pd.DataFrame | pa.Table) -> Path:
-    """Writes one dataset partition of a table atomically and refreshes its DuckDB view."""
+    """Writes one dataset partition of a table atomically (row groups of :data:`ROW_GROUP_ROWS`) and
+    refreshes its DuckDB view."""
     path = table_path(data_dir, table, dataset)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".part.parquet.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        pq.write_table(to_arrow(df), tmp, compression="zstd")
+        pq.write_table(to_arrow(df), tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -166,11 +196,69 @@ def discard_stale_journals(data_dir: str | os.PathLike, dataset: str, keep: str 
     return removed
 
 
+def _is_vector_type(t: pa.DataType) -> bool:
+    return (pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_floating(t.value_type)
+
+
+def _read_vectors(file: pq.ParquetFile, name: str) -> np.ndarray | None:
+    """Column ``name`` (a list of floats per row) as one ``[rows, dim]`` matrix, filled row group by row
+    group into a preallocated array; None when the rows differ in length or have nulls (the caller
+    then converts the column the general way)."""
+    n = file.metadata.num_rows
+    matrix = None
+    at = 0
+    for group in range(file.num_row_groups):
+        column = file.read_row_group(group, columns=[name]).column(0).combine_chunks()
+        if column.null_count:
+            return None
+        if pa.types.is_fixed_size_list(column.type):
+            dim = column.type.list_size
+            flat = column.flatten()
+        else:
+            offsets = column.offsets.to_numpy()
+            lengths = np.diff(offsets)
+            if len(lengths) and (lengths != lengths[0]).any():
+                return None
+            dim = int(lengths[0]) if len(lengths) else (matrix.shape[1] if matrix is not None else 0)
+            flat = column.flatten()
+        if flat.null_count:
+            return None
+        if matrix is None:
+            matrix = np.empty((n, dim), dtype=flat.type.to_pandas_dtype())
+        elif dim != matrix.shape[1] and len(column):
+            return None
+        rows = len(column)
+        matrix[at : at + rows] = flat.to_numpy(zero_copy_only=False).reshape(rows, dim)
+        at += rows
+        del column, flat
+    return matrix if matrix is not None else np.empty((0, 0), np.float32)
+
+
 def read_table(data_dir: str | os.PathLike, table: str, dataset: str) -> pd.DataFrame:
+    """One dataset partition of a table as a DataFrame. An embedding column (a float list per row) is
+    read row group by row group into one ``[rows, dim]`` matrix, and the column holds its rows (views,
+    no copy): :func:`semid_pipeline.core.frames.embedding_matrix` stacks them back. Peak memory is the
+    table plus one row group, where a plain ``to_pandas`` held the Arrow column, its decode buffers and
+    per-row arrays (three copies of a 1.5 GB table at 10^6 items x 384 dims)."""
     path = table_path(data_dir, table, dataset)
     if not path.exists():
         raise FileNotFoundError(f"{path}: table {table!r} has not been materialized for dataset {dataset!r}")
-    return pq.read_table(path).to_pandas()
+    file = pq.ParquetFile(path)
+    schema = file.schema_arrow
+    vectors = {}
+    for field in schema:
+        if _is_vector_type(field.type):
+            matrix = _read_vectors(file, field.name)
+            if matrix is not None:
+                vectors[field.name] = matrix
+    rest = [f.name for f in schema if f.name not in vectors]
+    df = file.read(columns=rest).to_pandas() if rest else pd.DataFrame(index=pd.RangeIndex(file.metadata.num_rows))
+    for name, matrix in vectors.items():
+        column = np.empty(len(matrix), dtype=object)
+        for i, row in enumerate(matrix):  # element-wise: a slice assignment would broadcast the 2-D matrix
+            column[i] = row
+        df[name] = column
+    return df[[f.name for f in schema]]
 
 
 def duckdb_path(data_dir: str | os.PathLike) -> Path:

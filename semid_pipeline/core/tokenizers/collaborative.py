@@ -172,7 +172,7 @@ def collaborative_matrix(table, item_idx: Sequence[int], dims: Optional[int] = N
     idx = np.asarray(item_idx, dtype=np.int64)
     if not len(table):
         return np.full((len(idx), int(dims or 1)), np.nan, np.float32)
-    emb = np.stack(table["embedding"].to_numpy()).astype(np.float32)
+    emb = np.stack(table["embedding"].to_numpy()).astype(np.float32, copy=False)
     row = pd.Index(table["item_idx"].to_numpy(np.int64)).get_indexer(idx)  # -1: not in the table
     usable = row >= 0
     usable[usable] = table["n_occurrences"].to_numpy(np.int64)[row[usable]] > 0

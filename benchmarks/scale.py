@@ -124,14 +124,30 @@ def merge_steps(parts: List[Dict[str, Any]], n_items: int) -> Dict[str, Any]:
     return record
 
 
-def run_per_step(n_items: int, base: List[str], env: Dict[str, str], out: Path, select: str) -> Dict[str, Any] | None:
+def run_per_step(n_items: int, base: List[str], env: Dict[str, str], out: Path, select: str,
+                 resume_from: str | None = None) -> Dict[str, Any] | None:
     """Runs each step of ``select`` in a fresh child process (``base`` + ``--select <its keys> --part <op>``), in
     dependency order, stopping at the first step that fails or writes no record; returns the merged record
-    (:func:`merge_steps`; ``success`` false when it stopped early), None when no step ran."""
+    (:func:`merge_steps`; ``success`` false when it stopped early), None when no step ran. With ``resume_from``
+    (an op), the steps before it are not run again: their successful records in ``out/parts`` are kept (their
+    outputs are already in the data dir), and a missing or failed one is an error."""
+    ops = step_groups(select)
+    names = [op for op, _ in ops]
+    if resume_from is not None and resume_from not in names:
+        raise SystemExit(f"--resume-from {resume_from!r}: not a step of the selection ({', '.join(names)})")
+    first = names.index(resume_from) if resume_from else 0
     parts = []
-    for stale in (out / "parts").glob(f"scale-{n_items}-*.json"):
-        stale.unlink()
-    for op, keys in step_groups(select):
+    for op in names[:first]:
+        part_path = out / "parts" / f"scale-{n_items}-{op}.json"
+        part = json.loads(part_path.read_text()) if part_path.exists() else None
+        if part is None or not part["success"]:
+            raise SystemExit(f"--resume-from {resume_from}: {part_path} is missing or failed; run from an earlier step")
+        parts.append(part)
+    for op in names[first:]:
+        stale = out / "parts" / f"scale-{n_items}-{op}.json"
+        if stale.exists():
+            stale.unlink()
+    for op, keys in ops[first:]:
         t0 = time.time()
         subprocess.run(base + ["--select", ",".join(keys), "--part", op], env=env, check=False)
         part_path = out / "parts" / f"scale-{n_items}-{op}.json"
@@ -140,6 +156,8 @@ def run_per_step(n_items: int, base: List[str], env: Dict[str, str], out: Path, 
             break
         part = json.loads(part_path.read_text())
         part["process_seconds"] = round(time.time() - t0, 1)
+        if resume_from:
+            part["resumed"] = True  # run after the steps before resume_from, in a later invocation
         parts.append(part)
         if not part["success"]:
             print(f"scale {n_items:,}: step {op} failed; stopping", flush=True)
@@ -304,6 +322,9 @@ def main(argv: List[str] | None = None) -> List[Dict[str, Any]]:
     parser.add_argument("--process-per-step", choices=("auto", "yes", "no"), default="auto",
                         help="run every step in a fresh process, as the multiprocess / k8s executors do (auto: above "
                         f"{LARGE_FROM:,} items), so one step's memory is not the next step's floor")
+    parser.add_argument("--resume-from", metavar="STEP",
+                        help="process per step: keep the records of the steps before STEP (an op, e.g. sid_tokenizer) from --out "
+                        "and run from STEP on (after a fix, or a step killed by the machine)")
     parser.add_argument("--profile", help="instead: per-step seconds / peak RSS of this declared dataset (e.g. amazon-beauty)")
     parser.add_argument("--config", help="--profile: the run config (YAML, Dagster 'ops' layout)")
     args = parser.parse_args(argv)
@@ -334,7 +355,7 @@ def main(argv: List[str] | None = None) -> List[Dict[str, Any]]:
         print(f"scale {n:,} items: running the graph{' (a process per step)' if per_step else ''} ...", flush=True)
         path = out / f"scale-{n}.json"
         if per_step:
-            record = run_per_step(n, base, env, out, args.select)
+            record = run_per_step(n, base, env, out, args.select, args.resume_from)
             if record is not None:
                 path.write_text(json.dumps(record, indent=2, default=str))
         else:

@@ -124,3 +124,18 @@ def test_collaborative_tokenizer_through_the_assets(tmp_path):
     meta = result.asset_materializations_for_node("semantic_ids")[0].metadata
     predicted = int(meta["collaborative_input"].value.split(" of ")[0])
     assert predicted == int((collab["n_occurrences"] == 0).sum()) + 1  # never-seen items + the new one
+
+
+def test_whitening_by_covariance_matches_the_svd(monkeypatch):
+    """Above EXACT_SVD_MAX_ROWS the whitening comes from the chunked covariance: same directions, unit variance."""
+    from semid_pipeline.core.tokenizers import collaborative
+
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(3000, 12)) * np.arange(1, 13)).astype(np.float32) + 3
+    mean_svd, proj_svd = collaborative._whitening(x, 5, "test")
+    monkeypatch.setattr(collaborative, "EXACT_SVD_MAX_ROWS", 100)
+    mean_cov, proj_cov = collaborative._whitening(x, 5, "test")
+    assert np.allclose(mean_cov, mean_svd, atol=1e-4)
+    assert np.allclose(proj_cov, proj_svd, atol=1e-5 * np.abs(proj_svd).max())
+    white = (x - mean_cov) @ proj_cov
+    assert np.allclose(np.cov(white.T, bias=True), np.eye(5), atol=1e-4)

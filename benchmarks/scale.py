@@ -158,6 +158,7 @@ def run_per_step(n_items: int, base: List[str], env: Dict[str, str], out: Path, 
         part["process_seconds"] = round(time.time() - t0, 1)
         if resume_from:
             part["resumed"] = True  # run after the steps before resume_from, in a later invocation
+        part_path.write_text(json.dumps(part, indent=2, default=str))  # a later --resume-from keeps it whole
         parts.append(part)
         if not part["success"]:
             print(f"scale {n_items:,}: step {op} failed; stopping", flush=True)

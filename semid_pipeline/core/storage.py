@@ -202,36 +202,30 @@ def _is_vector_type(t: pa.DataType) -> bool:
 
 def _read_vectors(file: pq.ParquetFile, name: str) -> np.ndarray | None:
     """Column ``name`` (a list of floats per row) as one ``[rows, dim]`` matrix, filled row group by row
-    group into a preallocated array; None when the rows differ in length or have nulls (the caller
-    then converts the column the general way)."""
-    n = file.metadata.num_rows
-    matrix = None
-    at = 0
+    group into a preallocated array; None when the rows differ in length, have nulls or there are none
+    (the caller then converts the column the general way)."""
+    matrix, at = None, 0
     for group in range(file.num_row_groups):
         column = file.read_row_group(group, columns=[name]).column(0).combine_chunks()
+        if not len(column):
+            continue
         if column.null_count:
             return None
         if pa.types.is_fixed_size_list(column.type):
             dim = column.type.list_size
-            flat = column.flatten()
         else:
-            offsets = column.offsets.to_numpy()
-            lengths = np.diff(offsets)
-            if len(lengths) and (lengths != lengths[0]).any():
+            lengths = np.diff(column.offsets.to_numpy())
+            dim = int(lengths[0])
+            if (lengths != dim).any():
                 return None
-            dim = int(lengths[0]) if len(lengths) else (matrix.shape[1] if matrix is not None else 0)
-            flat = column.flatten()
-        if flat.null_count:
+        flat = column.flatten()
+        if flat.null_count or (matrix is not None and dim != matrix.shape[1]):
             return None
         if matrix is None:
-            matrix = np.empty((n, dim), dtype=flat.type.to_pandas_dtype())
-        elif dim != matrix.shape[1] and len(column):
-            return None
-        rows = len(column)
-        matrix[at : at + rows] = flat.to_numpy(zero_copy_only=False).reshape(rows, dim)
-        at += rows
-        del column, flat
-    return matrix if matrix is not None else np.empty((0, 0), np.float32)
+            matrix = np.empty((file.metadata.num_rows, dim), dtype=flat.type.to_pandas_dtype())
+        matrix[at : at + len(column)] = flat.to_numpy(zero_copy_only=False).reshape(len(column), dim)
+        at += len(column)
+    return matrix
 
 
 def read_table(data_dir: str | os.PathLike, table: str, dataset: str) -> pd.DataFrame:
@@ -258,7 +252,7 @@ def read_table(data_dir: str | os.PathLike, table: str, dataset: str) -> pd.Data
         for i, row in enumerate(matrix):  # element-wise: a slice assignment would broadcast the 2-D matrix
             column[i] = row
         df[name] = column
-    return df[[f.name for f in schema]]
+    return df if list(df.columns) == schema.names else df[schema.names]
 
 
 def duckdb_path(data_dir: str | os.PathLike) -> Path:
